@@ -1,0 +1,3 @@
+from mmaux.cli import main
+
+raise SystemExit(main())

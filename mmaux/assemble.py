@@ -1,0 +1,125 @@
+"""Assemble what a job needs from a :class:`Config`: manifest, model, datasets, loaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mmaux.config import Config
+from mmaux.data.dataset import ImageFeatures, PostDataset, collate_posts
+from mmaux.data.features import cached_image_features
+from mmaux.data.images import build_transform
+from mmaux.data.manifest import Manifest, load_manifest
+from mmaux.models.classifier import MultimodalClassifier, build_model
+from mmaux.models.encoders import ImageEncoder, TextEncoder
+
+log = logging.getLogger(__name__)
+
+
+def load_data(cfg: Config) -> Manifest:
+    """Load and validate the configured manifest."""
+    root = Path(cfg.data.root)
+    return load_manifest(
+        root / cfg.data.manifest,
+        root=root,
+        labels=cfg.data.labels,
+        on_error=cfg.data.on_error,
+        check_images=cfg.data.check_images,
+    )
+
+
+@dataclass
+class Assembly:
+    """A model with the datasets it reads."""
+
+    cfg: Config
+    manifest: Manifest
+    model: MultimodalClassifier
+    text: TextEncoder | None
+    image: ImageEncoder | None
+    datasets: dict[str, PostDataset] = field(default_factory=dict)
+    features_from_cache: bool | None = None
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.text.tokenizer if self.text is not None else None
+        return int(getattr(tok, "pad_token_id", 0) or 0)
+
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        batch_sampler: Sampler | list | None = None,
+        device: torch.device | None = None,
+    ) -> DataLoader:
+        """A loader over one split: ordered batches unless a batch sampler is given."""
+        ds = self.datasets[split]
+        workers = self.cfg.train.num_workers
+        common = dict(
+            collate_fn=partial(collate_posts, pad_id=self.pad_id),
+            num_workers=workers,
+            pin_memory=device is not None and device.type == "cuda",
+            persistent_workers=False,
+            # A private generator: creating loader iterators must not consume the global RNG
+            # (dropout's), or a resumed run would diverge from an uninterrupted one.
+            generator=torch.Generator().manual_seed(0),
+        )
+        if batch_sampler is not None:
+            return DataLoader(ds, batch_sampler=batch_sampler, **common)
+        return DataLoader(ds, batch_size=batch_size, shuffle=False, **common)
+
+
+def assemble(
+    cfg: Config,
+    device: torch.device,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    manifest: Manifest | None = None,
+    progress: bool = False,
+) -> Assembly:
+    """Build the model and the split datasets; frozen image features are cached on disk."""
+    manifest = manifest or load_data(cfg)
+    model, text, image = build_model(cfg, len(manifest.labels))
+    model.to(device)
+    asm = Assembly(cfg, manifest, model, text, image)
+    uses_image = model.fusion.uses_image
+    transform = None
+    features: ImageFeatures | None = None
+    if uses_image:
+        assert image is not None
+        transform = build_transform(image.data_config, cfg.data.image_size)
+        if cfg.model.image.freeze and cfg.train.cache_image_features:
+            posts = [p for s in splits for p in manifest.split(s)]
+            encoder_id = {
+                "name": cfg.model.image.name,
+                "pretrained": cfg.model.image.pretrained,
+                "weights": str(cfg.model.image.weights),
+                "kwargs": cfg.model.image.kwargs,
+            }
+            features, asm.features_from_cache = cached_image_features(
+                image.model,
+                encoder_id,
+                manifest.root,
+                [p.image for p in posts],
+                transform,
+                cfg.data.cache_dir,
+                model.fusion.needs_image_tokens,
+                device,
+                progress=progress,
+            )
+    tokenizer = text.tokenizer if text is not None else None
+    for split in splits:
+        asm.datasets[split] = PostDataset(
+            manifest,
+            manifest.split(split),
+            tokenizer,
+            cfg.data.max_text_length,
+            transform=transform,
+            features=features,
+            use_image=uses_image,
+        )
+    return asm

@@ -1,0 +1,255 @@
+"""The ``mmaux`` command line: synth, validate, train, evaluate, ablate, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from mmaux.config import Config, ConfigError, config_from_dict, dump_config, load_config
+
+DESCRIPTION = """\
+mmaux trains multimodal (image + text) social-media post classifiers with the image-text
+auxiliary losses ITC (contrastive) and ITM (matching). Every command reads params.yaml
+(or --params FILE); --set KEY=VALUE overrides any key, e.g. --set aux.itc_weight=0.3.
+
+Typical first session (no network needed):
+  mmaux synth                 # write the embedded default data set to data/raw/
+  mmaux train                 # train with params.yaml into runs/default/
+  mmaux evaluate              # re-evaluate the trained run on the test split
+  mmaux ablate --seeds 0 1 2  # text-only / image-only / fused CE / +ITC / +ITM / +ITC+ITM
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--params",
+        default="params.yaml",
+        metavar="FILE",
+        help="configuration file (default: params.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration key; repeatable",
+    )
+
+
+def _cfg(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
+    return load_config(args.params, list(args.overrides) + list(extra or []))
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration."""
+    print(yaml.safe_dump(dump_config(_cfg(args)), sort_keys=False), end="")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mmaux.data.synth import generate
+
+    cfg = _cfg(args)
+    out = Path(args.out or cfg.data.root)
+    summary = generate(out, cfg.synth, overwrite=args.overwrite)
+    print(f"wrote {summary['n_posts']} posts ({summary['bytes'] / 1e6:.1f} MB) to {out}")
+    for split, counts in summary["counts"].items():
+        print(f"  {split:<5} " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mmaux.assemble import load_data
+    from mmaux.data.manifest import write_skip_report
+
+    cfg = _cfg(args, ["data.on_error=skip"])
+    manifest = load_data(cfg)
+    print(
+        f"{manifest.source}: {len(manifest.posts)} usable posts, {len(manifest.skipped)} bad rows"
+    )
+    for split, counts in manifest.counts().items():
+        print(f"  {split:<5} " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+    if manifest.skipped:
+        for problem in manifest.skipped[:20]:
+            print(f"  {problem}", file=sys.stderr)
+        if args.report:
+            write_skip_report(manifest.skipped, Path(args.report))
+            print(f"bad rows written to {args.report}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmaux.metrics import format_report
+    from mmaux.training import TrainingInterrupted, train
+
+    extra = [f"train.output_dir={args.out}"] if args.out else []
+    cfg = _cfg(args, extra)
+    try:
+        result = train(cfg, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
+    m = result.metrics
+    print(
+        f"run: {result.run_dir}  best epoch {result.best_epoch}/{result.epochs_run}  "
+        f"{result.global_step} steps in {m['train_seconds']:.1f} s "
+        f"({m['steps_per_second']:.2f} steps/s, {m['device']}, {m['precision']})"
+    )
+    print(f"val macro-F1 {m['val']['macro_f1']:.4f}")
+    if "test" in m:
+        print("test:\n" + format_report(m["test"]))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmaux.assemble import assemble
+    from mmaux.checkpoint import load_weights
+    from mmaux.evaluation import evaluate, write_predictions
+    from mmaux.metrics import format_report
+    from mmaux.runtime import resolve_device, resolve_precision
+
+    run = Path(args.run or _cfg(args).train.output_dir)
+    saved = run / "config.yaml"
+    if not (run / "model.safetensors").is_file() or not saved.is_file():
+        print(
+            f"{run}: no finished run here (expected config.yaml and model.safetensors)",
+            file=sys.stderr,
+        )
+        return 2
+    cfg = config_from_dict(yaml.safe_load(saved.read_text()), args.overrides, source=str(saved))
+    split = args.split or cfg.eval.split
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    asm = assemble(cfg, device, splits=(split,))
+    load_weights(asm.model, run / "model.safetensors")
+    labels = json.loads((run / "labels.json").read_text())
+    if labels != asm.manifest.labels:
+        print(
+            f"label set changed since training: {labels} vs {asm.manifest.labels}", file=sys.stderr
+        )
+        return 2
+    loader = asm.loader(split, cfg.eval.batch_size, device=device)
+    metrics, pred = evaluate(asm.model, loader, labels, device, precision)
+    (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_predictions(pred, labels, run / f"predictions_{split}.csv")
+    print(f"{run} on {split}:\n{format_report(metrics)}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from mmaux.ablation import VARIANTS, run_ablation
+
+    cfg = _cfg(args, ["train.progress=false"])
+    variants = args.variants or list(VARIANTS)
+    summary = run_ablation(cfg, args.seeds, Path(args.out), variants)
+    from mmaux.ablation import format_table
+
+    print(format_table(summary))
+    print(f"\nwritten to {args.out}/ (runs.jsonl, summary.json, table.md)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmaux", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "synth",
+        help="write the embedded default data set (synthetic posts)",
+        description="Generate the deterministic synthetic data set (same seed, "
+        "same bytes) into data.root, sized by the synth section of params.yaml.",
+    )
+    _common(p)
+    p.add_argument("--out", help="output directory (default: data.root)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "validate",
+        help="check every manifest row and image; list bad rows",
+        description="Load the manifest and check every row (fields, empty text, "
+        "unknown labels, duplicate ids, images present, decodable and inside the "
+        "data root). Exit 1 when any row is bad.",
+    )
+    _common(p)
+    p.add_argument("--report", help="write bad rows as JSON Lines to this file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "train",
+        help="train and evaluate a classifier",
+        description="Train with params.yaml, keep the best epoch by validation "
+        "macro-F1, evaluate it on val and test. Ctrl-C checkpoints and stops; "
+        "--resume continues exactly where it stopped.",
+    )
+    _common(p)
+    p.add_argument("--out", help="run directory (default: train.output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a finished run on a split",
+        description="Rebuild a finished run's model from its config.yaml and "
+        "model.safetensors and evaluate it; writes eval_SPLIT.json and "
+        "predictions_SPLIT.csv into the run directory.",
+    )
+    _common(p)
+    p.add_argument("--run", help="run directory (default: train.output_dir)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="default: eval.split")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "ablate",
+        help="compare unimodal, fused and aux-loss variants over seeds",
+        description="Train text-only, image-only, fused CE-only, +ITC, +ITM and "
+        "+ITC+ITM on the same seeds; print mean ± std macro-F1 and the paired gap "
+        "to fused CE-only. Finished runs are reused.",
+    )
+    _common(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", help="subset of variants (default: all six)")
+    p.add_argument("--out", default="results/ablation", help="results directory")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration",
+        description="Print params.yaml after defaults and --set overrides.",
+    )
+    _common(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "urllib3", "transformers", "timm", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""One validated configuration for every mmaux job, loaded from ``params.yaml``.
+
+The same :class:`Config` object is used by the CLI, the benchmarks and the pipeline
+flows. Unknown keys and bad values are rejected with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EMBEDDED_TEXT = "embedded:minilm-l6"
+EMBEDDED_IMAGES = ("embedded:efficientnet-lite0", "embedded:efficientnet-lite2")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the manifest lives and how posts become tensors."""
+
+    root: Path = Field(Path("data/raw"), description="data root; image paths are relative to it")
+    manifest: str = Field("manifest.jsonl", description="manifest file inside root (.jsonl/.csv)")
+    labels: list[str] | None = Field(
+        None, description="ordered label set; null reads it from <root>/dataset.json"
+    )
+    on_error: Literal["raise", "skip"] = "raise"
+    check_images: Literal["decode", "exists", "none"] = "decode"
+    max_text_length: int = Field(64, ge=8, le=512)
+    image_size: int | None = Field(
+        160, ge=16, le=1024, description="encoder input size; null uses the encoder's own"
+    )
+    cache_dir: Path = Field(Path("data/cache"), description="frozen image-feature cache")
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> DataConfig:
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                raise ValueError("labels: need at least two classes")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels: duplicate label names")
+        return self
+
+
+class SynthConfig(_Section):
+    """The embedded default data set (see :mod:`mmaux.data.synth`)."""
+
+    seed: int = 13
+    n_train: int = Field(480, ge=8)
+    n_val: int = Field(320, ge=4)
+    n_test: int = Field(320, ge=4)
+    image_size: int = Field(160, ge=32, le=512)
+    implicit_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="texts that hint at the scene instead of naming it"
+    )
+    inset_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="images with a smaller inset of another scene"
+    )
+    label_noise: float = Field(
+        0.0, ge=0.0, lt=0.5, description="fraction of posts with a uniformly re-drawn label"
+    )
+
+
+class TextEncoderConfig(_Section):
+    name: str = Field(
+        EMBEDDED_TEXT,
+        description="transformers model name or local path; 'embedded:minilm-l6' is offline",
+    )
+    trainable_layers: int = Field(
+        2, ge=-1, description="top transformer layers to fine-tune; -1 = all, 0 = frozen"
+    )
+    pooling: Literal["cls", "mean"] = "mean"
+    local_files_only: bool = Field(True, description="never reach a model hub")
+
+
+class ImageEncoderConfig(_Section):
+    name: str = Field(
+        EMBEDDED_IMAGES[0],
+        description="timm model name; 'embedded:efficientnet-lite0|lite2' are offline",
+    )
+    pretrained: bool = Field(True, description="load pretrained weights (hub unless embedded)")
+    weights: Path | None = Field(None, description="local .safetensors/.pth state dict")
+    freeze: bool = Field(True, description="freeze the image encoder (as the paper does)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm kwargs")
+
+
+class ModelConfig(_Section):
+    text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
+    fusion: Literal["concat", "attention", "gmu", "text", "image"] = Field(
+        "concat", description="fusion head; 'text'/'image' are unimodal baselines"
+    )
+    hidden_dim: int = Field(256, ge=8)
+    proj_dim: int = Field(128, ge=8, description="ITC projection size")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    attention_heads: int = Field(1, ge=1)
+
+
+class AuxConfig(_Section):
+    """Auxiliary image-text losses and how they join the main loss."""
+
+    itc_weight: float = Field(0.1, ge=0.0)
+    itm_weight: float = Field(0.1, ge=0.0)
+    itm_negatives: Literal["random", "hard"] = "random"
+    itm_negative_prob: float = Field(0.5, gt=0.0, lt=1.0)
+    temperature: float = Field(0.07, gt=0.0, le=1.0, description="initial ITC temperature")
+    learn_temperature: bool = True
+    max_logit_scale: float = Field(100.0, gt=1.0, description="clamp on 1/temperature")
+    weighting: Literal["convex", "additive"] = Field(
+        "convex", description="convex: (1-b_itc-b_itm)*CE + ...; additive: CE + ..."
+    )
+
+    @model_validator(mode="after")
+    def _convex_sum(self) -> AuxConfig:
+        if self.weighting == "convex" and self.itc_weight + self.itm_weight >= 1.0:
+            raise ValueError("itc_weight + itm_weight must be < 1 with weighting=convex")
+        if self.itm_negatives == "hard" and self.itm_weight > 0 and self.itc_weight <= 0:
+            raise ValueError(
+                "itm_negatives: 'hard' samples negatives by ITC similarity; needs itc_weight > 0"
+            )
+        if 1.0 / self.temperature > self.max_logit_scale:
+            raise ValueError("temperature: 1/temperature exceeds max_logit_scale")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.itc_weight > 0 or self.itm_weight > 0
+
+    @property
+    def init_logit_scale(self) -> float:
+        return math.log(1.0 / self.temperature)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-4, gt=0, description="encoder learning rate")
+    head_lr: float = Field(1e-3, gt=0, description="fusion/heads/projections learning rate")
+    weight_decay: float = Field(2.5e-4, ge=0)
+    batch_size: int = Field(32, ge=2)
+    grad_accum_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    patience: int = Field(4, ge=1, description="early stopping on val macro-F1")
+    class_weights: Literal["balanced", "none"] = "balanced"
+    cache_image_features: bool = Field(True, description="cache frozen image features")
+    checkpoint_every_steps: int = Field(0, ge=0, description="0 = at each epoch end only")
+    num_workers: int = Field(0, ge=0)
+    progress: bool = True
+    output_dir: Path = Path("runs/default")
+
+
+class EvalConfig(_Section):
+    split: Literal["train", "val", "test"] = "test"
+    batch_size: int = Field(64, ge=1)
+
+
+class Config(_Section):
+    """The whole job configuration (``params.yaml``)."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    aux: AuxConfig = Field(default_factory=AuxConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _aux_needs_both_modalities(self) -> Config:
+        if self.model.fusion in ("text", "image") and self.aux.enabled:
+            raise ValueError(
+                f"aux: ITC/ITM need both modalities but model.fusion={self.model.fusion!r}; "
+                "set aux.itc_weight=0 and aux.itm_weight=0 for unimodal baselines"
+            )
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML) into a key path and a value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. aux.itc_weight=0.3")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {text!r}: empty key")
+    return path, yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a raw (unvalidated) params dictionary."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def config_from_dict(
+    raw: dict[str, Any], overrides: list[str] | None = None, source: str = "params"
+) -> Config:
+    """Validate a raw dictionary (plus overrides) into a :class:`Config`."""
+    raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
+    """Load ``params.yaml`` (missing file = all defaults) and apply ``key=value`` overrides."""
+    path = Path(path)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    elif str(path) != "params.yaml":
+        raise ConfigError(f"{path}: no such configuration file")
+    return config_from_dict(raw, overrides, source=str(path))
+
+
+def dump_config(cfg: Config) -> dict[str, Any]:
+    """A JSON/YAML-safe dictionary of the configuration."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,97 @@
+"""Torch datasets of posts: tokenised text plus image pixels or cached image features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mmaux.data.images import load_rgb
+from mmaux.data.manifest import Manifest, Post
+
+
+@dataclass
+class ImageFeatures:
+    """Pre-computed frozen-encoder features, one row per image file (relative path)."""
+
+    rows: dict[str, int]
+    pooled: torch.Tensor  # (N, C)
+    tokens: torch.Tensor | None = None  # (N, T, C)
+
+
+class PostDataset(Dataset):
+    """Posts of one split. Text is tokenised once up front; images are decoded on access
+    (or looked up in :class:`ImageFeatures` when the image encoder is frozen)."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        posts: Sequence[Post],
+        tokenizer: Any | None,
+        max_length: int,
+        transform: Callable | None = None,
+        features: ImageFeatures | None = None,
+        use_image: bool = True,
+    ):
+        self.root = Path(manifest.root)
+        self.posts = list(posts)
+        index = manifest.label_index()
+        self.labels = [index[p.label] for p in self.posts]
+        self.transform = transform
+        self.features = features
+        self.use_image = use_image
+        self.input_ids: list[list[int]] | None = None
+        if tokenizer is not None:
+            enc = tokenizer(
+                [p.text for p in self.posts],
+                truncation=True,
+                max_length=max_length,
+                padding=False,
+            )
+            self.input_ids = [list(x) for x in enc["input_ids"]]
+        if use_image and features is None and transform is None:
+            raise ValueError("PostDataset needs an image transform or cached image features")
+
+    def __len__(self) -> int:
+        return len(self.posts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        post = self.posts[i]
+        item: dict[str, Any] = {"index": i, "label": self.labels[i]}
+        if self.input_ids is not None:
+            item["input_ids"] = self.input_ids[i]
+        if self.use_image:
+            if self.features is not None:
+                row = self.features.rows[post.image]
+                item["image_pooled"] = self.features.pooled[row]
+                if self.features.tokens is not None:
+                    item["image_tokens"] = self.features.tokens[row]
+            else:
+                assert self.transform is not None
+                item["pixel_values"] = self.transform(load_rgb(self.root / post.image))
+        return item
+
+
+def collate_posts(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Stack a list of items; pad token ids to the longest text in the batch."""
+    batch: dict[str, torch.Tensor] = {
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
+    }
+    if "input_ids" in items[0]:
+        length = max(len(it["input_ids"]) for it in items)
+        ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), length), dtype=torch.long)
+        for row, it in enumerate(items):
+            n = len(it["input_ids"])
+            ids[row, :n] = torch.tensor(it["input_ids"], dtype=torch.long)
+            mask[row, :n] = 1
+        batch["input_ids"], batch["attention_mask"] = ids, mask
+    for key in ("pixel_values", "image_pooled", "image_tokens"):
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch

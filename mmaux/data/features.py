@@ -1,0 +1,119 @@
+"""Frozen image-encoder features, computed once and cached on disk.
+
+A frozen encoder with a deterministic transform maps each image file to fixed features, so
+they are computed once and stored as safetensors under ``data.cache_dir``. The cache key
+hashes the encoder identity, the transform and the bytes of every image, so any change to
+either rebuilds it and a stale cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmaux.data.dataset import ImageFeatures
+from mmaux.data.images import load_rgb
+from mmaux.models.encoders import image_tokens_and_pooled
+
+CACHE_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(
+    encoder_id: dict, transform: Callable, need_tokens: bool, root: Path, images: Sequence[str]
+) -> str:
+    """Hash of everything the features depend on."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {
+                "v": CACHE_VERSION,
+                "encoder": encoder_id,
+                "tokens": need_tokens,
+                "transform": repr(transform),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
+    for rel in images:
+        h.update(rel.encode() + b"\0" + file_sha256(root / rel).encode() + b"\n")
+    return h.hexdigest()[:32]
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    root: Path,
+    images: Sequence[str],
+    transform: Callable,
+    need_tokens: bool,
+    device: torch.device,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run a (frozen, eval-mode) backbone over image files; return pooled (and token) features."""
+    was_training = model.training
+    model.eval()
+    pooled, tokens = [], []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="image features", disable=None if progress else True):
+        chunk = images[start : start + batch_size]
+        pixels = torch.stack([transform(load_rgb(root / rel)) for rel in chunk]).to(device)
+        tok, pool = image_tokens_and_pooled(model, pixels)
+        pooled.append(pool.float().cpu())
+        if need_tokens:
+            tokens.append(tok.float().cpu())
+    model.train(was_training)
+    return torch.cat(pooled), (torch.cat(tokens) if need_tokens else None)
+
+
+def cached_image_features(
+    model: nn.Module,
+    encoder_id: dict,
+    root: Path,
+    images: Sequence[str],
+    transform: Callable,
+    cache_dir: Path | None,
+    need_tokens: bool,
+    device: torch.device,
+    progress: bool = False,
+) -> tuple[ImageFeatures, bool]:
+    """Features for the unique ``images`` (relative paths), from cache when possible.
+
+    Returns the features and whether they came from the cache.
+    """
+    unique = sorted(set(images))
+    key = cache_key(encoder_id, transform, need_tokens, root, unique)
+    path = Path(cache_dir) / f"image-features-{key}.safetensors" if cache_dir else None
+    rows = {rel: i for i, rel in enumerate(unique)}
+    if path is not None and path.is_file():
+        tensors = load_file(str(path))
+        if tensors["pooled"].shape[0] == len(unique):
+            return ImageFeatures(rows, tensors["pooled"], tensors.get("tokens")), True
+    pooled, tokens = extract_features(
+        model, root, unique, transform, need_tokens, device, progress=progress
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"pooled": pooled.contiguous()}
+        if tokens is not None:
+            tensors["tokens"] = tokens.contiguous()
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"images": json.dumps(unique)})
+        tmp.replace(path)
+    return ImageFeatures(rows, pooled, tokens), False

@@ -1,0 +1,455 @@
+"""The training loop: AdamW, optional aux losses, early stopping, exact resume.
+
+A run directory (``train.output_dir``) receives:
+
+* ``config.yaml``, ``labels.json``: what the run was;
+* ``steps.jsonl``: every loss term at every optimizer step; ``epochs.jsonl``: per-epoch
+  means of every term and the validation metrics;
+* ``checkpoint/``: the full training state, written at each epoch end, every
+  ``train.checkpoint_every_steps`` steps and when the run is interrupted (Ctrl-C/SIGTERM);
+  removed once the run completes;
+* ``model.safetensors``: the best weights (by validation macro-F1);
+* ``metrics.json`` and ``predictions_{val,test}.csv``: the final evaluation.
+
+Batch order is a pure function of (seed, epoch), and the RNG states are checkpointed, so a
+resumed run reproduces the uninterrupted run exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from mmaux.assemble import Assembly, assemble
+from mmaux.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
+from mmaux.config import Config, dump_config
+from mmaux.data.manifest import Manifest, write_skip_report
+from mmaux.evaluation import evaluate, write_predictions
+from mmaux.losses import balanced_class_weights, compute_losses
+from mmaux.runtime import autocast, resolve_device, resolve_precision, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between an interrupted run and its resumption.
+_RESUME_FREE = {
+    ("train", "epochs"),
+    ("train", "patience"),
+    ("train", "progress"),
+    ("train", "output_dir"),
+    ("train", "num_workers"),
+    ("train", "checkpoint_every_steps"),
+    ("data", "check_images"),
+    ("data", "on_error"),
+    ("data", "cache_dir"),
+    ("eval", "batch_size"),
+    ("eval", "split"),
+}
+
+
+class Callback:
+    """Hooks into training; subclass and override what you need (e.g. experiment tracking)."""
+
+    def on_step_end(self, trainer: Trainer, step: int, terms: dict[str, float]) -> None:
+        """After each optimizer step, with that step's loss terms."""
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """After each epoch's validation, with the epoch record."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        """After the final evaluation."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on request; the state was checkpointed and can be resumed."""
+
+    def __init__(self, checkpoint: Path, step: int):
+        self.checkpoint = checkpoint
+        self.step = step
+        super().__init__(
+            f"training interrupted at step {step}; state saved to {checkpoint}. "
+            "Run again with --resume to continue."
+        )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    best_epoch: int
+    epochs_run: int
+    global_step: int
+    train_seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def test_macro_f1(self) -> float:
+        return float(self.metrics["test"]["macro_f1"])
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled batches of one epoch: a pure function of (n, batch_size, seed, epoch).
+
+    The last incomplete batch is dropped when there is more than one batch (contrastive
+    losses need full, comparable batches)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n, generator=gen).tolist()
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def _resume_view(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return {
+        sec: {k: v for k, v in body.items() if (sec, k) not in _RESUME_FREE}
+        for sec, body in cfg_dict.items()
+    }
+
+
+def _truncate_jsonl(path: Path, keep) -> None:
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
+
+
+class Trainer:
+    """Trains a :class:`~mmaux.models.MultimodalClassifier` from a :class:`Config`."""
+
+    def __init__(
+        self, cfg: Config, manifest: Manifest | None = None, callbacks: list[Callback] | None = None
+    ):
+        self.cfg = cfg
+        self.manifest = manifest
+        self.callbacks = list(callbacks or [])
+        self.run_dir = Path(cfg.train.output_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self._stop = threading.Event()
+        self.asm: Assembly | None = None
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ control
+    def request_stop(self) -> None:
+        """Ask the loop to checkpoint and stop after the current optimizer step."""
+        self._stop.set()
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop.is_set():  # second signal: stop now
+                raise KeyboardInterrupt
+            log.warning("signal %s: finishing this step, checkpointing, then stopping", signum)
+            self._stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    # ------------------------------------------------------------------ helpers
+    def _optimizer(self, model) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        no_decay = lambda n, p: p.ndim < 2 or "norm" in n.lower() or n == "logit_scale"  # noqa: E731
+        enc_ids = {id(p) for p in model.encoder_parameters()}
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            groups.setdefault((id(p) in enc_ids, no_decay(name, p)), []).append(p)
+        param_groups = [
+            {
+                "params": ps,
+                "lr": t.lr if is_enc else t.head_lr,
+                "weight_decay": 0.0 if nd else t.weight_decay,
+            }
+            for (is_enc, nd), ps in sorted(groups.items())
+        ]
+        fused = self.device.type == "cuda"
+        return (
+            torch.optim.AdamW(param_groups, fused=fused)
+            if fused
+            else torch.optim.AdamW(param_groups)
+        )
+
+    def _rng_state(self, itm_gen: torch.Generator) -> dict[str, torch.Tensor]:
+        state = {"torch": torch.get_rng_state(), "itm": itm_gen.get_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def _set_rng_state(self, rng: dict[str, torch.Tensor], itm_gen: torch.Generator) -> None:
+        torch.set_rng_state(rng["torch"])
+        itm_gen.set_state(rng["itm"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, resume: bool = False) -> TrainResult:
+        """Train (or resume), evaluate the best weights on val and test, write the run dir."""
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir = self.run_dir / "checkpoint"
+        found = find_checkpoint(ckpt_dir) if resume else None
+        if resume and found is None:
+            log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt_dir)
+        if found is None:
+            for name in (
+                "steps.jsonl",
+                "epochs.jsonl",
+                "metrics.json",
+                "model.safetensors",
+                "best.safetensors",
+            ):
+                (self.run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+        seed_everything(t.seed)
+        self.asm = asm = assemble(cfg, self.device, manifest=self.manifest, progress=t.progress)
+        manifest, model = asm.manifest, asm.model
+        if manifest.skipped:
+            report = write_skip_report(manifest.skipped, self.run_dir / "skipped.jsonl")
+            log.warning(
+                "skipped %d bad manifest rows (data.on_error=skip); see %s",
+                len(manifest.skipped),
+                report,
+            )
+        train_ds = asm.datasets["train"]
+        for split in ("train", "val"):
+            if len(asm.datasets[split]) == 0:
+                raise ValueError(f"{manifest.source}: the {split} split is empty")
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+        (self.run_dir / "labels.json").write_text(json.dumps(manifest.labels) + "\n")
+
+        num_classes = len(manifest.labels)
+        class_weight = (
+            balanced_class_weights(train_ds.labels, num_classes).to(self.device)
+            if t.class_weights == "balanced"
+            else None
+        )
+        optimizer = self._optimizer(model)
+        itm_gen = torch.Generator().manual_seed(t.seed + 7919)
+        state: dict[str, Any] = {
+            "epoch": 0,
+            "micro_in_epoch": 0,
+            "global_step": 0,
+            "best_score": -1.0,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "sums": {},
+            "count": 0,
+            "history": [],
+            "train_seconds": 0.0,
+            "done": False,
+            "config": _resume_view(dump_config(cfg)),
+        }
+        if found is not None:
+            rng, saved = load_checkpoint(found, model, optimizer)
+            if saved.get("config") != state["config"]:
+                raise ValueError(
+                    f"{found}: the checkpoint was made with another configuration; resume with "
+                    "the same params, or start a fresh run without --resume"
+                )
+            state.update(saved)
+            self._set_rng_state(rng, itm_gen)
+            step = state["global_step"]
+            _truncate_jsonl(self.run_dir / "steps.jsonl", lambda r: r["step"] <= step)
+            _truncate_jsonl(self.run_dir / "epochs.jsonl", lambda r: r["epoch"] < state["epoch"])
+            log.info("resuming from %s at epoch %d, step %d", found, state["epoch"], step)
+
+        def checkpoint() -> Path:
+            return save_checkpoint(ckpt_dir, model, optimizer, self._rng_state(itm_gen), state)
+
+        previous = self._install_signals()
+        try:
+            if not state["done"]:
+                self._loop(state, model, optimizer, class_weight, itm_gen, checkpoint)
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+        return self._finish(state)
+
+    def _loop(self, state, model, optimizer, class_weight, itm_gen, checkpoint) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        asm = self.asm
+        assert asm is not None
+        train_ds = asm.datasets["train"]
+        accum = t.grad_accum_steps
+        val_loader = asm.loader("val", cfg.eval.batch_size, device=self.device)
+        steps_log = (self.run_dir / "steps.jsonl").open("a")
+        epochs_log = (self.run_dir / "epochs.jsonl").open("a")
+        try:
+            while not state["done"] and state["epoch"] < t.epochs:
+                epoch = state["epoch"]
+                batches = epoch_batches(len(train_ds), t.batch_size, t.seed, epoch)
+                loader = asm.loader(
+                    "train", t.batch_size, batches[state["micro_in_epoch"] :], device=self.device
+                )
+                model.train()
+                started = time.perf_counter()
+                bar = tqdm(
+                    total=len(batches),
+                    initial=state["micro_in_epoch"],
+                    desc=f"epoch {epoch + 1}/{t.epochs}",
+                    disable=None if t.progress else True,
+                    leave=False,
+                )
+                for batch in loader:
+                    batch = self._batch(batch)
+                    with autocast(self.device, self.precision):
+                        terms, _ = compute_losses(model, batch, cfg.aux, class_weight, itm_gen)
+                    (terms.total / accum).backward()
+                    state["micro_in_epoch"] += 1
+                    values = terms.as_floats()
+                    for k, v in values.items():
+                        state["sums"][k] = state["sums"].get(k, 0.0) + v
+                    state["count"] += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['loss']:.3f}")
+                    last = state["micro_in_epoch"] == len(batches)
+                    if state["micro_in_epoch"] % accum and not last:
+                        continue
+                    if t.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(
+                            [p for p in model.parameters() if p.requires_grad], t.max_grad_norm
+                        )
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    model.clamp_logit_scale()
+                    state["global_step"] += 1
+                    self.global_step = step = state["global_step"]
+                    record = {"step": step, "epoch": epoch, **values}
+                    if model.logit_scale is not None:
+                        record["logit_scale"] = float(model.logit_scale.detach().exp())
+                    steps_log.write(json.dumps(record) + "\n")
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, step, values)
+                    periodic = t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
+                    if self._stop.is_set() or (periodic and not last):
+                        state["train_seconds"] += time.perf_counter() - started
+                        started = time.perf_counter()
+                        steps_log.flush()
+                        path = checkpoint()
+                        if self._stop.is_set():
+                            bar.close()
+                            raise TrainingInterrupted(path, step)
+                bar.close()
+                state["train_seconds"] += time.perf_counter() - started
+                steps_log.flush()
+                metrics, _ = evaluate(
+                    model, val_loader, asm.manifest.labels, self.device, self.precision
+                )
+                train_means = {k: v / max(state["count"], 1) for k, v in state["sums"].items()}
+                record = {
+                    "epoch": epoch,
+                    "step": state["global_step"],
+                    **{f"train_{k}": v for k, v in train_means.items()},
+                    "val_loss": metrics["loss"],
+                    "val_macro_f1": metrics["macro_f1"],
+                    "val_weighted_f1": metrics["weighted_f1"],
+                    "val_accuracy": metrics["accuracy"],
+                }
+                improved = metrics["macro_f1"] > state["best_score"] + 1e-12
+                if improved:
+                    state.update(best_score=metrics["macro_f1"], best_epoch=epoch, bad_epochs=0)
+                    save_weights(model, self.run_dir / "best.safetensors")
+                else:
+                    state["bad_epochs"] += 1
+                state["history"].append(record)
+                epochs_log.write(json.dumps(record) + "\n")
+                epochs_log.flush()
+                log.info(
+                    "epoch %d: train loss %.4f, val macro-F1 %.4f%s",
+                    epoch + 1,
+                    train_means.get("loss", math.nan),
+                    metrics["macro_f1"],
+                    " (best)" if improved else "",
+                )
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, record)
+                state.update(epoch=epoch + 1, micro_in_epoch=0, sums={}, count=0)
+                if state["bad_epochs"] >= t.patience:
+                    log.info("early stopping: no val macro-F1 gain for %d epochs", t.patience)
+                    state["done"] = True
+                if state["epoch"] >= t.epochs:
+                    state["done"] = True
+                if self._stop.is_set() and not state["done"]:
+                    raise TrainingInterrupted(checkpoint(), state["global_step"])
+                checkpoint()
+        finally:
+            steps_log.close()
+            epochs_log.close()
+
+    def _finish(self, state: dict[str, Any]) -> TrainResult:
+        asm = self.asm
+        assert asm is not None
+        model = asm.model
+        best = self.run_dir / "best.safetensors"
+        load_weights(model, best)
+        best.replace(self.run_dir / "model.safetensors")
+        metrics: dict[str, Any] = {}
+        for split in ("val", "test"):
+            if len(asm.datasets[split]) == 0:
+                continue
+            loader = asm.loader(split, self.cfg.eval.batch_size, device=self.device)
+            m, pred = evaluate(model, loader, asm.manifest.labels, self.device, self.precision)
+            metrics[split] = m
+            write_predictions(pred, asm.manifest.labels, self.run_dir / f"predictions_{split}.csv")
+        steps = state["global_step"]
+        summary = {
+            "best_epoch": state["best_epoch"] + 1,
+            "epochs_run": state["epoch"],
+            "global_step": steps,
+            "train_seconds": round(state["train_seconds"], 3),
+            "steps_per_second": round(steps / max(state["train_seconds"], 1e-9), 3),
+            "device": str(self.device),
+            "precision": self.precision,
+            **metrics,
+        }
+        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(self.run_dir / "checkpoint", ignore_errors=True)
+        result = TrainResult(
+            run_dir=self.run_dir,
+            metrics=summary,
+            best_epoch=state["best_epoch"] + 1,
+            epochs_run=state["epoch"],
+            global_step=steps,
+            train_seconds=state["train_seconds"],
+            history=list(state["history"]),
+        )
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+
+def train(
+    cfg: Config,
+    resume: bool = False,
+    callbacks: list[Callback] | None = None,
+    manifest: Manifest | None = None,
+) -> TrainResult:
+    """Train from a configuration; see :class:`Trainer`."""
+    return Trainer(cfg, manifest=manifest, callbacks=callbacks).fit(resume=resume)

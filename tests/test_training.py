@@ -1,0 +1,224 @@
+"""Training end to end on a shrunken real config: outputs, determinism, resume, early stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from mmaux.checkpoint import find_checkpoint
+from mmaux.data.manifest import ManifestError
+from mmaux.training import Callback, Trainer, TrainingInterrupted, epoch_batches, train
+
+
+def _weights(run_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def _same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_writes_a_complete_run(make_cfg, synth_root):
+    cfg = make_cfg()
+    result = train(cfg)
+    run = cfg.train.output_dir
+    for name in (
+        "config.yaml",
+        "labels.json",
+        "steps.jsonl",
+        "epochs.jsonl",
+        "model.safetensors",
+        "metrics.json",
+        "predictions_val.csv",
+        "predictions_test.csv",
+    ):
+        assert (run / name).is_file(), name
+    assert not (run / "checkpoint").exists()  # removed once complete
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {
+        "macro_f1",
+        "weighted_f1",
+        "accuracy",
+        "per_class",
+        "confusion_matrix",
+    }
+    assert metrics["global_step"] == result.global_step == 2 * (96 // 16)
+    steps = [json.loads(x) for x in (run / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, 13))
+    assert {"loss", "ce", "itc", "itm", "itm_acc", "logit_scale"} <= set(steps[0])
+    epochs = [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
+    assert len(epochs) == 2 and {"train_ce", "train_itc", "train_itm", "val_macro_f1"} <= set(
+        epochs[0]
+    )
+    lines = (run / "predictions_test.csv").read_text().splitlines()
+    assert len(lines) == 1 + 48 and lines[0].startswith("id,label,prediction,p_match_positive")
+    # A checkpoint directory only ever holds safetensors and JSON: nothing to unpickle.
+
+
+def test_same_seed_same_result_and_seed_matters(make_cfg, tmp_path):
+    a = train(make_cfg(f"train.output_dir={tmp_path / 'a'}"))
+    b = train(make_cfg(f"train.output_dir={tmp_path / 'b'}"))
+    c = train(make_cfg(f"train.output_dir={tmp_path / 'c'}", "train.seed=1"))
+    assert a.metrics["test"] == b.metrics["test"]
+    assert _same_weights(_weights(a.run_dir), _weights(b.run_dir))
+    assert not _same_weights(_weights(a.run_dir), _weights(c.run_dir))
+
+
+class StopAt(Callback):
+    def __init__(self, step: int, use_signal: bool = False):
+        self.step, self.use_signal = step, use_signal
+
+    def on_step_end(self, trainer, step, terms):
+        if step == self.step:
+            if self.use_signal:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+            else:
+                trainer.request_stop()
+
+
+@pytest.mark.parametrize(
+    ("stop_step", "use_signal", "extra"),
+    [
+        (4, True, ()),  # mid-epoch, by a real SIGINT
+        (6, False, ()),  # exactly at an epoch boundary
+        (3, False, ("train.grad_accum_steps=2", "aux.itm_negatives=hard")),
+    ],
+)
+def test_resume_after_interruption_matches_an_uninterrupted_run(
+    make_cfg, tmp_path, stop_step, use_signal, extra
+):
+    full = train(make_cfg(f"train.output_dir={tmp_path / 'full'}", "train.epochs=3", *extra))
+    cfg = make_cfg(f"train.output_dir={tmp_path / 'cut'}", "train.epochs=3", *extra)
+    with pytest.raises(TrainingInterrupted) as stop:
+        Trainer(cfg, callbacks=[StopAt(stop_step, use_signal)]).fit()
+    assert stop.value.step == stop_step
+    ckpt = find_checkpoint(cfg.train.output_dir / "checkpoint")
+    assert ckpt is not None
+    assert sorted(p.suffix for p in ckpt.iterdir()) == [
+        ".json",
+        ".json",
+        ".safetensors",
+        ".safetensors",
+        ".safetensors",
+    ]
+    resumed = Trainer(cfg).fit(resume=True)
+    assert resumed.metrics["test"] == full.metrics["test"]
+    assert resumed.metrics["val"] == full.metrics["val"]
+    assert resumed.global_step == full.global_step
+    assert _same_weights(_weights(resumed.run_dir), _weights(full.run_dir))
+    steps = (cfg.train.output_dir / "steps.jsonl").read_text()
+    assert steps == (full.run_dir / "steps.jsonl").read_text()
+
+
+def test_resume_refuses_a_changed_configuration(make_cfg, tmp_path):
+    cfg = make_cfg("train.epochs=2")
+    with pytest.raises(TrainingInterrupted):
+        Trainer(cfg, callbacks=[StopAt(2)]).fit()
+    changed = make_cfg("train.epochs=2", "train.lr=0.5")
+    with pytest.raises(ValueError, match="another configuration"):
+        Trainer(changed).fit(resume=True)
+
+
+def test_dropout_is_active_in_every_training_epoch(make_cfg):
+    cfg = make_cfg("train.epochs=3", "model.dropout=0.3")
+    seen: dict[int, list[bool]] = {}
+
+    class Track(Callback):
+        epoch = 0
+
+        def on_epoch_end(self, trainer, record):
+            Track.epoch = record["epoch"] + 1
+
+    trainer = Trainer(cfg, callbacks=[Track()])
+    original = nn.Dropout.forward
+
+    def spy(self, x):
+        if torch.is_grad_enabled():  # training steps, not validation
+            seen.setdefault(Track.epoch, []).append(self.training)
+        return original(self, x)
+
+    nn.Dropout.forward = spy
+    try:
+        trainer.fit()
+    finally:
+        nn.Dropout.forward = original
+    assert sorted(seen) == [0, 1, 2]
+    for epoch, flags in seen.items():
+        assert flags and all(flags), f"dropout off during epoch {epoch}"
+
+
+def test_early_stopping_keeps_the_best_epoch(make_cfg):
+    cfg = make_cfg("train.epochs=6", "train.patience=1", "train.lr=1e-12", "train.head_lr=1e-12")
+    result = train(cfg)
+    # Nothing can improve after epoch 1, so training stops after 1 + patience epochs.
+    assert result.epochs_run == 2 and result.best_epoch == 1
+
+
+def test_epoch_batches_are_a_pure_function_of_seed_and_epoch():
+    a = epoch_batches(100, 16, seed=3, epoch=2)
+    assert a == epoch_batches(100, 16, seed=3, epoch=2)
+    assert a != epoch_batches(100, 16, seed=3, epoch=3)
+    assert len(a) == 6 and all(len(b) == 16 for b in a)  # last partial batch dropped
+    assert len({i for b in a for i in b}) == 96
+
+
+def test_bad_data_stops_training_or_is_skipped_with_a_report(make_cfg, tmp_path, synth_root):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    first = json.loads((root / "manifest.jsonl").read_text().splitlines()[0])
+    (root / first["image"]).write_bytes(b"garbage")
+    with pytest.raises(ManifestError, match="image cannot be decoded"):
+        train(make_cfg(root=root))
+    result = train(make_cfg("data.on_error=skip", root=root))
+    report = [json.loads(x) for x in (result.run_dir / "skipped.jsonl").read_text().splitlines()]
+    assert [r["post_id"] for r in report] == [first["id"]]
+    assert result.global_step == 2 * (95 // 16)
+
+
+def test_image_feature_cache_is_reused_and_keyed_on_image_bytes(make_cfg, tmp_path, synth_root):
+    import shutil
+
+    from mmaux.assemble import assemble
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    cfg = make_cfg(root=root)
+    first = assemble(cfg, torch.device("cpu"))
+    again = assemble(cfg, torch.device("cpu"))
+    assert first.features_from_cache is False and again.features_from_cache is True
+    post = first.manifest.split("train")[0]
+    other = first.manifest.split("train")[1]
+    shutil.copy(root / other.image, root / post.image)  # same path, new content
+    changed = assemble(cfg, torch.device("cpu"))
+    assert changed.features_from_cache is False
+    row = changed.datasets["train"][0]["image_pooled"]
+    assert torch.equal(row, changed.datasets["train"][1]["image_pooled"])
+
+
+def test_evaluate_command_reproduces_the_run_metrics(make_cfg):
+    from mmaux.cli import main
+
+    cfg = make_cfg()
+    result = train(cfg)
+    assert main(["evaluate", "--run", str(cfg.train.output_dir), "--split", "test"]) == 0
+    again = json.loads((cfg.train.output_dir / "eval_test.json").read_text())
+    assert again["macro_f1"] == pytest.approx(result.metrics["test"]["macro_f1"])
+    assert again["confusion_matrix"] == result.metrics["test"]["confusion_matrix"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_training_on_gpu(make_cfg):
+    cfg = make_cfg("train.device=cuda", "train.precision=auto", "train.epochs=1")
+    result = train(cfg)
+    assert result.metrics["precision"] == "bf16" and result.metrics["device"].startswith("cuda")
+    assert 0.0 <= result.metrics["test"]["macro_f1"] <= 1.0
