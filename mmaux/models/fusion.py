@@ -82,30 +82,17 @@ class GMUFusion(Fusion):
         return self.dropout(fused)
 
 
-class TextOnly(Fusion):
-    """Unimodal text baseline: pooled text -> Linear + ReLU -> dropout."""
+class Unimodal(Fusion):
+    """Unimodal baseline: pooled text (or image) -> Linear + ReLU -> dropout."""
 
-    uses_image = False
-
-    def __init__(self, text_dim: int, image_dim: int, hidden: int, dropout: float):
+    def __init__(self, modality: str, text_dim: int, image_dim: int, hidden: int, dropout: float):
         super().__init__()
-        self.mlp = _mlp(text_dim, hidden, dropout)
+        self.uses_text = modality == "text"
+        self.uses_image = modality == "image"
+        self.mlp = _mlp(text_dim if self.uses_text else image_dim, hidden, dropout)
 
     def forward(self, text_tokens, text_mask, text_pooled, image_tokens, image_pooled):
-        return self.mlp(text_pooled)
-
-
-class ImageOnly(Fusion):
-    """Unimodal image baseline: pooled image -> Linear + ReLU -> dropout."""
-
-    uses_text = False
-
-    def __init__(self, text_dim: int, image_dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.mlp = _mlp(image_dim, hidden, dropout)
-
-    def forward(self, text_tokens, text_mask, text_pooled, image_tokens, image_pooled):
-        return self.mlp(image_pooled)
+        return self.mlp(text_pooled if self.uses_text else image_pooled)
 
 
 def build_fusion(
@@ -113,7 +100,9 @@ def build_fusion(
 ) -> Fusion:
     if kind == "attention":
         return AttentionFusion(text_dim, image_dim, hidden, dropout, heads)
-    classes = {"concat": ConcatFusion, "gmu": GMUFusion, "text": TextOnly, "image": ImageOnly}
+    if kind in ("text", "image"):
+        return Unimodal(kind, text_dim, image_dim, hidden, dropout)
+    classes = {"concat": ConcatFusion, "gmu": GMUFusion}
     if kind not in classes:
-        raise ValueError(f"unknown fusion {kind!r}; expected attention, {', '.join(classes)}")
+        raise ValueError(f"unknown fusion {kind!r}; expected attention, concat, gmu, text, image")
     return classes[kind](text_dim, image_dim, hidden, dropout)
