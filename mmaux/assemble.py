@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mmaux.config import Config
-from mmaux.data.dataset import ImageFeatures, PostDataset, collate_posts
-from mmaux.data.features import cached_image_features
+from mmaux.data.dataset import ImageFeatures, ImagePixels, PostDataset, collate_posts
+from mmaux.data.features import cached_image_features, cached_pixels, split_transform
 from mmaux.data.images import build_transform
 from mmaux.data.manifest import Manifest, load_manifest
 from mmaux.models.classifier import MultimodalClassifier, build_model
@@ -44,6 +44,7 @@ class Assembly:
     image: ImageEncoder | None
     datasets: dict[str, PostDataset] = field(default_factory=dict)
     features_from_cache: bool | None = None
+    pixels_from_cache: bool | None = None
 
     @property
     def pad_id(self) -> int:
@@ -89,11 +90,14 @@ def assemble(
     uses_image = model.fusion.uses_image
     transform = None
     features: ImageFeatures | None = None
+    pixels: ImagePixels | None = None
     if uses_image:
         assert image is not None
         transform = build_transform(image.data_config, cfg.data.image_size)
+        # Caches cover the whole data set, whichever splits this job reads, so every
+        # stage (preprocess, tune, train, evaluate) shares one cache entry.
+        posts = manifest.posts
         if cfg.model.image.freeze and cfg.train.cache_image_features:
-            posts = [p for s in splits for p in manifest.split(s)]
             encoder_id = {
                 "name": cfg.model.image.name,
                 "pretrained": cfg.model.image.pretrained,
@@ -111,6 +115,11 @@ def assemble(
                 device,
                 progress=progress,
             )
+        else:  # a trainable encoder sees pixels: decode and resize each image only once
+            rows, tensor, asm.pixels_from_cache = cached_pixels(
+                manifest.root, [p.image for p in posts], transform, cfg.data.cache_dir
+            )
+            pixels = ImagePixels(rows, tensor, split_transform(transform)[1])
     tokenizer = text.tokenizer if text is not None else None
     for split in splits:
         asm.datasets[split] = PostDataset(
@@ -121,5 +130,6 @@ def assemble(
             transform=transform,
             features=features,
             use_image=uses_image,
+            pixels=pixels,
         )
     return asm

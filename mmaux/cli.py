@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from mmaux.config import Config, ConfigError, config_from_dict, dump_config, load_config
+from mmaux.config import Config, ConfigError, dump_config, load_config
 
 DESCRIPTION = """\
 mmaux trains multimodal (image + text) social-media post classifiers with the image-text
@@ -110,34 +110,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mmaux.assemble import assemble
-    from mmaux.checkpoint import load_weights
-    from mmaux.evaluation import evaluate, write_predictions
+    from mmaux.evaluation import evaluate_run, write_predictions
     from mmaux.metrics import format_report
-    from mmaux.runtime import resolve_device, resolve_precision
 
     run = Path(args.run or _cfg(args).train.output_dir)
-    saved = run / "config.yaml"
-    if not (run / "model.safetensors").is_file() or not saved.is_file():
-        print(
-            f"{run}: no finished run here (expected config.yaml and model.safetensors)",
-            file=sys.stderr,
-        )
-        return 2
-    cfg = config_from_dict(yaml.safe_load(saved.read_text()), args.overrides, source=str(saved))
-    split = args.split or cfg.eval.split
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    asm = assemble(cfg, device, splits=(split,))
-    load_weights(asm.model, run / "model.safetensors")
-    labels = json.loads((run / "labels.json").read_text())
-    if labels != asm.manifest.labels:
-        print(
-            f"label set changed since training: {labels} vs {asm.manifest.labels}", file=sys.stderr
-        )
-        return 2
-    loader = asm.loader(split, cfg.eval.batch_size, device=device)
-    metrics, pred = evaluate(asm.model, loader, labels, device, precision)
+    metrics, pred, labels = evaluate_run(run, args.split, args.overrides)
+    split = metrics["split"]
     (run / f"eval_{split}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_predictions(pred, labels, run / f"predictions_{split}.csv")
     print(f"{run} on {split}:\n{format_report(metrics)}")

@@ -39,7 +39,7 @@ class DataConfig(_Section):
     image_size: int | None = Field(
         160, ge=16, le=1024, description="encoder input size; null uses the encoder's own"
     )
-    cache_dir: Path = Field(Path("data/cache"), description="frozen image-feature cache")
+    cache_dir: Path = Field(Path("data/processed"), description="preprocessing caches")
 
     @model_validator(mode="after")
     def _labels_unique(self) -> DataConfig:
@@ -165,6 +165,72 @@ class EvalConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class ValidationConfig(_Section):
+    """Data checks run before anything trains (Great Expectations)."""
+
+    min_class_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="each label's minimum share of the train split"
+    )
+    max_class_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="each label's maximum share of the train split"
+    )
+    max_text_chars: int = Field(5000, ge=1, description="longest allowed post text")
+    leakage: bool = Field(True, description="fail on text+image duplicates across splits")
+    docs_dir: Path = Field(Path("reports/data_docs"), description="Data Docs HTML output")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ValidationConfig:
+        if self.min_class_fraction > self.max_class_fraction:
+            raise ValueError("min_class_fraction must be <= max_class_fraction")
+        return self
+
+
+class TuneConfig(_Section):
+    """Optuna search over the auxiliary-loss weights."""
+
+    enabled: bool = Field(True, description="false: train with aux.* from params.yaml as is")
+    n_trials: int = Field(8, ge=1, description="finished trials the study should reach")
+    epochs: int = Field(8, ge=1, description="training epochs per trial")
+    itc_weight: tuple[float, float] = Field((0.0, 0.4), description="search range for b_itc")
+    itm_weight: tuple[float, float] = Field((0.0, 0.4), description="search range for b_itm")
+    negatives: list[Literal["random", "hard"]] = Field(
+        default_factory=lambda: ["random", "hard"], description="ITM negative modes to try"
+    )
+    temperature: tuple[float, float] | None = Field(
+        None, description="search range for the initial ITC temperature (null: fixed)"
+    )
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+    storage: Path = Field(Path("tuning/study.journal"), description="Optuna journal file")
+    study_name: str = "mmaux-aux-weights"
+    best_params: Path = Field(Path("tuning/best_params.json"), description="train reads this")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TuneConfig:
+        for name in ("itc_weight", "itm_weight", "temperature"):
+            rng = getattr(self, name)
+            if rng is not None and not 0.0 <= rng[0] <= rng[1]:
+                raise ValueError(f"{name}: need 0 <= low <= high")
+        if not self.negatives:
+            raise ValueError("negatives: at least one ITM negative mode")
+        return self
+
+
+class TrackingConfig(_Section):
+    """MLflow experiment tracking and the model registry."""
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+    )
+    artifact_location: Path = Field(
+        Path("mlartifacts"), description="artifact root for experiments this project creates"
+    )
+    experiment: str = "mmaux"
+    registered_model: str = "mmaux-classifier"
+    champion_alias: str = "champion"
+
+
 class Config(_Section):
     """The whole job configuration (``params.yaml``)."""
 
@@ -174,6 +240,9 @@ class Config(_Section):
     aux: AuxConfig = Field(default_factory=AuxConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _aux_needs_both_modalities(self) -> Config:

@@ -80,3 +80,38 @@ def write_predictions(pred: Predictions, labels: list[str], path: Path) -> Path:
         for pid, y, p, row in zip(pred.ids, pred.labels, pred.preds, pred.probs, strict=True):
             w.writerow([pid, labels[y], labels[p], *[f"{x:.6f}" for x in row]])
     return path
+
+
+def evaluate_run(
+    run_dir: Path, split: str | None = None, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], Predictions, list[str]]:
+    """Rebuild a finished run from its ``config.yaml`` and ``model.safetensors`` and evaluate
+    it on ``split`` (default ``eval.split``); returns metrics, predictions and labels."""
+    import json
+
+    import yaml
+
+    from mmaux.assemble import assemble
+    from mmaux.checkpoint import load_weights
+    from mmaux.config import config_from_dict
+    from mmaux.runtime import resolve_device, resolve_precision
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "config.yaml"
+    if not (run_dir / "model.safetensors").is_file() or not saved.is_file():
+        raise FileNotFoundError(
+            f"{run_dir}: no finished run here (expected config.yaml and model.safetensors)"
+        )
+    cfg = config_from_dict(yaml.safe_load(saved.read_text()), overrides, source=str(saved))
+    split = split or cfg.eval.split
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    asm = assemble(cfg, device, splits=(split,))
+    load_weights(asm.model, run_dir / "model.safetensors")
+    labels = json.loads((run_dir / "labels.json").read_text())
+    if labels != asm.manifest.labels:
+        raise ValueError(f"label set changed since training: {labels} vs {asm.manifest.labels}")
+    loader = asm.loader(split, cfg.eval.batch_size, device=device)
+    metrics, pred = evaluate(asm.model, loader, labels, device, precision)
+    metrics["split"] = split
+    return metrics, pred, labels

@@ -135,11 +135,16 @@ class Trainer:
     """Trains a :class:`~mmaux.models.MultimodalClassifier` from a :class:`Config`."""
 
     def __init__(
-        self, cfg: Config, manifest: Manifest | None = None, callbacks: list[Callback] | None = None
+        self,
+        cfg: Config,
+        manifest: Manifest | None = None,
+        callbacks: list[Callback] | None = None,
+        final_splits: tuple[str, ...] = ("val", "test"),
     ):
         self.cfg = cfg
         self.manifest = manifest
         self.callbacks = list(callbacks or [])
+        self.final_splits = final_splits  # evaluated with the best weights at the end
         self.run_dir = Path(cfg.train.output_dir)
         self.device = resolve_device(cfg.train.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -411,7 +416,7 @@ class Trainer:
         load_weights(model, best)
         best.replace(self.run_dir / "model.safetensors")
         metrics: dict[str, Any] = {}
-        for split in ("val", "test"):
+        for split in self.final_splits:
             if len(asm.datasets[split]) == 0:
                 continue
             loader = asm.loader(split, self.cfg.eval.batch_size, device=self.device)
@@ -450,6 +455,8 @@ def train(
     resume: bool = False,
     callbacks: list[Callback] | None = None,
     manifest: Manifest | None = None,
+    final_splits: tuple[str, ...] = ("val", "test"),
 ) -> TrainResult:
-    """Train from a configuration; see :class:`Trainer`."""
-    return Trainer(cfg, manifest=manifest, callbacks=callbacks).fit(resume=resume)
+    """Train from a configuration; see :class:`Trainer`. ``final_splits`` are evaluated with
+    the best weights at the end (tuning passes ``("val",)``: trials never see test)."""
+    return Trainer(cfg, manifest, callbacks, final_splits).fit(resume=resume)

@@ -222,3 +222,24 @@ def test_bf16_training_on_gpu(make_cfg):
     result = train(cfg)
     assert result.metrics["precision"] == "bf16" and result.metrics["device"].startswith("cuda")
     assert 0.0 <= result.metrics["test"]["macro_f1"] <= 1.0
+
+
+def test_trainable_image_encoder_reads_exact_cached_pixels(make_cfg, synth_root):
+    from mmaux.assemble import assemble
+    from mmaux.data.images import load_rgb
+
+    cfg = make_cfg(
+        "model.image.name=test_efficientnet",
+        "model.image.pretrained=false",
+        "model.image.freeze=false",
+    )
+    first = assemble(cfg, torch.device("cpu"), splits=("train",))
+    again = assemble(cfg, torch.device("cpu"), splits=("train",))
+    assert first.pixels_from_cache is False and again.pixels_from_cache is True
+    assert first.features_from_cache is None  # a trainable encoder never uses frozen features
+    ds = again.datasets["train"]
+    post = ds.posts[3]
+    direct = ds.transform(load_rgb(ds.root / post.image))
+    assert torch.equal(ds[3]["pixel_values"], direct)  # uint8 caching is lossless
+    result = train(cfg)
+    assert result.global_step == 2 * (96 // 16)

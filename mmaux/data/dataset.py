@@ -15,6 +15,15 @@ from mmaux.data.manifest import Manifest, Post
 
 
 @dataclass
+class ImagePixels:
+    """Decoded, resized, cropped images as uint8 (N, 3, H, W), one row per image file."""
+
+    rows: dict[str, int]
+    pixels: torch.Tensor
+    normalize: Callable  # uint8 HWC-equivalent tensor pipeline: to float [0, 1] -> normalise
+
+
+@dataclass
 class ImageFeatures:
     """Pre-computed frozen-encoder features, one row per image file (relative path)."""
 
@@ -36,6 +45,7 @@ class PostDataset(Dataset):
         transform: Callable | None = None,
         features: ImageFeatures | None = None,
         use_image: bool = True,
+        pixels: ImagePixels | None = None,
     ):
         self.root = Path(manifest.root)
         self.posts = list(posts)
@@ -43,9 +53,10 @@ class PostDataset(Dataset):
         self.labels = [index[p.label] for p in self.posts]
         self.transform = transform
         self.features = features
+        self.pixels = pixels
         self.use_image = use_image
         self.input_ids: list[list[int]] | None = None
-        if tokenizer is not None:
+        if tokenizer is not None and self.posts:
             enc = tokenizer(
                 [p.text for p in self.posts],
                 truncation=True,
@@ -70,6 +81,9 @@ class PostDataset(Dataset):
                 item["image_pooled"] = self.features.pooled[row]
                 if self.features.tokens is not None:
                     item["image_tokens"] = self.features.tokens[row]
+            elif self.pixels is not None:
+                raw = self.pixels.pixels[self.pixels.rows[post.image]]
+                item["pixel_values"] = self.pixels.normalize(raw.float().div_(255))
             else:
                 assert self.transform is not None
                 item["pixel_values"] = self.transform(load_rgb(self.root / post.image))

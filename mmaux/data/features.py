@@ -82,6 +82,45 @@ def extract_features(
     return torch.cat(pooled), (torch.cat(tokens) if need_tokens else None)
 
 
+def split_transform(transform: Callable) -> tuple[Callable, Callable]:
+    """Split an eval transform into its PIL geometry part (resize, crop) and the rest
+    (to-tensor, normalise), so decoded images can be cached as exact uint8 pixels."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    cut = next((i for i, t in enumerate(steps) if "ToTensor" in type(t).__name__), None)
+    if cut is None:
+        raise ValueError(f"cannot split transform {transform!r}: no ToTensor step")
+    return T.Compose(steps[:cut]), T.Compose(steps[cut:])
+
+
+def cached_pixels(
+    root: Path,
+    images: Sequence[str],
+    transform: Callable,
+    cache_dir: Path | None,
+) -> tuple[dict[str, int], torch.Tensor, bool]:
+    """Images decoded, resized and cropped once, as uint8 (N, 3, H, W); from cache when
+    possible. ``ToTensor`` of a uint8 image is exactly ``x / 255``, so this is lossless."""
+    import numpy as np
+
+    unique = sorted(set(images))
+    geometry, _ = split_transform(transform)
+    key = cache_key({"pixels": True}, geometry, False, root, unique)
+    path = Path(cache_dir) / f"pixels-{key}.safetensors" if cache_dir else None
+    rows = {rel: i for i, rel in enumerate(unique)}
+    if path is not None and path.is_file():
+        return rows, load_file(str(path))["pixels"], True
+    arrays = [np.asarray(geometry(load_rgb(root / rel)), dtype=np.uint8) for rel in unique]
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"pixels": pixels}, str(tmp), metadata={"images": json.dumps(unique)})
+        tmp.replace(path)
+    return rows, pixels, False
+
+
 def cached_image_features(
     model: nn.Module,
     encoder_id: dict,

@@ -1,0 +1,102 @@
+"""The Prefect flows under Prefect's test harness, on real data, MLflow, Optuna and GX."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.pipeline_fixtures import tiny_params
+
+prefect = pytest.importorskip("prefect")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_harness(tmp_path_factory):
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
+        with prefect_test_harness(server_startup_timeout=180):
+            yield
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _params(work, synth_root, tiny_text_model, **sections):
+    from flows.common import StageParams
+
+    path = tiny_params(work, synth_root, tiny_text_model, **sections)
+    return StageParams(params_file=str(path))
+
+
+def test_pipeline_flow_end_to_end(work, synth_root, tiny_text_model):
+    import mlflow
+
+    from flows.pipeline import pipeline_flow
+
+    params = _params(work, synth_root, tiny_text_model)
+    out = pipeline_flow(params)
+    for path in (
+        "reports/validation.json",
+        "reports/preprocess.json",
+        "reports/train.json",
+        "reports/evaluation.json",
+        "metrics.json",
+        "plots/epochs.csv",
+        "plots/confusion.csv",
+        "plots/tuning.csv",
+        "tuning/best_params.json",
+        "runs/pipeline/model.safetensors",
+    ):
+        assert (work / path).is_file(), path
+    metrics = json.loads((work / "metrics.json").read_text())
+    assert metrics == out["metrics"] and 0 <= metrics["test"]["macro_f1"] <= 1
+    best = json.loads((work / "tuning/best_params.json").read_text())
+    assert best["n_complete"] >= 1 and set(best["params"]) >= {"aux.itc_weight", "aux.itm_weight"}
+    assert (work / "plots/confusion.csv").read_text().count("\n") == 1 + 48
+    train = json.loads((work / "reports/train.json").read_text())
+    assert train["promoted"] is True and train["model_version"] == 1
+    assert train["tuned_overrides"]
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/mmaux-classifier@champion")
+    assert model is not None
+    runs = mlflow.search_runs(experiment_names=["mmaux"], output_format="list")
+    stages = {r.data.tags.get("stage") for r in runs}
+    assert {"tune", "train"} <= stages
+    trials = [r for r in runs if "optuna.trial" in r.data.tags]
+    assert len(trials) == 2 and all(r.data.tags.get("mlflow.parentRunId") for r in trials)
+
+
+def test_bad_data_stops_the_pipeline_at_validate(work, synth_root, tiny_text_model):
+    from flows.pipeline import pipeline_flow
+    from mmaux.validation import DataValidationError
+
+    root = work / "raw"
+    shutil.copytree(synth_root, root)
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    lines.append(json.dumps({**first, "label": "sarcastic"}).replace(first["id"], "new-id"))
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    params = _params(work, root, tiny_text_model)
+    with pytest.raises(DataValidationError) as err:
+        pipeline_flow(params)
+    assert "sarcastic" in str(err.value) or "label" in str(err.value)
+    report = json.loads((work / "reports/validation.json").read_text())
+    assert report["success"] is False
+    assert not (work / "reports/preprocess.json").exists()  # nothing downstream ran
+
+
+def test_stage_parameters_are_validated(work):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.validate import validate_flow
+
+    with pytest.raises(ParameterTypeError):
+        validate_flow(params={"params_file": "params.yaml", "bogus": 1})
