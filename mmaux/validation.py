@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,7 +24,7 @@ import pandas as pd
 
 from mmaux.config import ValidationConfig
 from mmaux.data.images import image_problem
-from mmaux.data.manifest import REQUIRED, SPLITS, read_dataset_info
+from mmaux.data.manifest import REQUIRED, SPLITS, iter_rows, read_dataset_info
 
 ROW_SUITE = "mmaux-manifest"
 BALANCE_SUITE = "mmaux-class-balance"
@@ -87,41 +87,6 @@ class DataValidationError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- reading
-
-
-def _iter_lenient(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield (line, row or None, parse error or None) for every non-blank manifest row."""
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                line = reader.line_num
-                if None in row:
-                    yield line, None, "row has more fields than the header"
-                    continue
-                row = {k: v for k, v in row.items() if v is not None}
-                meta = row.pop("meta", "")
-                if meta:
-                    try:
-                        row["meta"] = json.loads(meta)
-                    except json.JSONDecodeError:
-                        yield line, None, "meta is not valid JSON"
-                        continue
-                yield line, row, None
-        return
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for line, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                yield line, None, f"not valid JSON ({err.msg})"
-                continue
-            if not isinstance(row, dict):
-                yield line, None, f"row is a JSON {type(row).__name__}, not an object"
-                continue
-            yield line, row, None
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -199,7 +164,7 @@ def manifest_frame(root: Path, manifest: str, labels: list[str]) -> pd.DataFrame
         return image_cache[full]
 
     records: list[dict[str, Any]] = []
-    for line, row, parse_error in _iter_lenient(path):
+    for line, row, parse_error in iter_rows(path, lenient=True):
         rec: dict[str, Any] = {
             "line": line,
             "parse_ok": row is not None,

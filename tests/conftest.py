@@ -11,7 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from mmaux.config import Config, SynthConfig, config_from_dict, dump_config, load_config  # noqa: E402
+from mmaux.config import Config, SynthConfig  # noqa: E402
+from tests.pipeline_fixtures import shrunk_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,26 +56,6 @@ def make_cfg(tmp_path, tiny_text_model, synth_root):
     """The real params.yaml, shrunk to run in seconds: same code paths, tiny sizes."""
 
     def make(*overrides: str, root: Path | None = None) -> Config:
-        base = dump_config(load_config(REPO / "params.yaml"))
-        cfg = config_from_dict(
-            base,
-            [
-                f"data.root={root or synth_root}",
-                f"data.cache_dir={tmp_path / 'cache'}",
-                "data.image_size=64",
-                "data.max_text_length=32",
-                f"model.text.name={tiny_text_model}",
-                "model.text.trainable_layers=-1",
-                "model.hidden_dim=32",
-                "model.proj_dim=16",
-                "train.epochs=2",
-                "train.batch_size=16",
-                "train.progress=false",
-                "train.device=cpu",
-                f"train.output_dir={tmp_path / 'run'}",
-                *overrides,
-            ],
-        )
-        return cfg
+        return shrunk_config(tmp_path, root or synth_root, tiny_text_model, *overrides)
 
     return make

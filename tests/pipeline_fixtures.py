@@ -6,7 +6,33 @@ from pathlib import Path
 
 import yaml
 
+from mmaux.config import Config, config_from_dict, dump_config, load_config
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def shrunk_config(work: Path, data_root: Path, text_model: Path, *overrides: str) -> Config:
+    """The real params.yaml, shrunk to run in seconds: same code paths, tiny sizes."""
+    base = dump_config(load_config(REPO / "params.yaml"))
+    return config_from_dict(
+        base,
+        [
+            f"data.root={data_root}",
+            f"data.cache_dir={work / 'cache'}",
+            "data.image_size=64",
+            "data.max_text_length=32",
+            f"model.text.name={text_model}",
+            "model.text.trainable_layers=-1",
+            "model.hidden_dim=32",
+            "model.proj_dim=16",
+            "train.epochs=2",
+            "train.batch_size=16",
+            "train.progress=false",
+            "train.device=cpu",
+            f"train.output_dir={work / 'run'}",
+            *overrides,
+        ],
+    )
 
 
 def tiny_params(work: Path, data_root: Path, text_model: Path, **sections) -> Path:

@@ -18,7 +18,7 @@ import yaml
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 mlflow = pytest.importorskip("mlflow")
 
-from mmaux.config import Config, TrackingConfig, config_from_dict, dump_config, load_config  # noqa: E402
+from mmaux.config import Config, TrackingConfig  # noqa: E402
 from mmaux.data.manifest import load_manifest  # noqa: E402
 from mmaux.tracking import (  # noqa: E402
     MlflowCallback,
@@ -31,6 +31,7 @@ from mmaux.tracking import (  # noqa: E402
     run_tags,
 )
 from mmaux.training import TrainResult, train  # noqa: E402
+from tests.pipeline_fixtures import shrunk_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_MD5 = "0123456789abcdef0123456789abcdef.dir"
@@ -110,25 +111,7 @@ def tracked(tmp_path_factory, mlflow_template, tiny_text_model, synth_root) -> T
         _git(work, "add", "data.dvc")
         _git(work, "commit", "-q", "-m", "data")
         commit = _git(work, "rev-parse", "HEAD")
-    base = dump_config(load_config(REPO / "params.yaml"))
-    cfg = config_from_dict(
-        base,
-        [
-            f"data.root={synth_root}",
-            f"data.cache_dir={tmp / 'cache'}",
-            "data.image_size=64",
-            "data.max_text_length=32",
-            f"model.text.name={tiny_text_model}",
-            "model.text.trainable_layers=-1",
-            "model.hidden_dim=32",
-            "model.proj_dim=16",
-            "train.epochs=2",
-            "train.batch_size=16",
-            "train.progress=false",
-            "train.device=cpu",
-            f"train.output_dir={tmp / 'run'}",
-        ],
-    )
+    cfg = shrunk_config(tmp, synth_root, tiny_text_model)
     cfg.tracking = _tracking_cfg(tmp, mlflow_template)
     with _tracking_uri(cfg.tracking.tracking_uri), pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)

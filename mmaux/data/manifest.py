@@ -135,13 +135,21 @@ def write_manifest(posts: Iterable[Post], path: Path) -> Path:
     return path
 
 
-def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield (line number, row or None, parse problem or None)."""
+def iter_rows(
+    path: Path, lenient: bool = False
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """Yield (line number, row or None, parse problem or None) for every non-blank row.
+
+    Strict (the loader): a CSV without the required columns raises. Lenient (the data
+    validator): missing columns are left to the schema check and undecodable bytes are
+    replaced, so every row can still be reported on.
+    """
+    errors = "replace" if lenient else "strict"
     if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8", errors=errors, newline="") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing:
+            if missing and not lenient:
                 raise ManifestError(
                     [RowProblem(str(path), 1, None, f"missing column(s): {', '.join(missing)}")]
                 )
@@ -150,18 +158,17 @@ def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
                 if None in row:
                     yield line, None, "row has more fields than the header"
                     continue
-                meta = row.get("meta") or ""
+                row = {k: v for k, v in row.items() if v is not None}
+                meta = row.pop("meta", "")
                 if meta:
                     try:
                         row["meta"] = json.loads(meta)
                     except json.JSONDecodeError:
-                        yield line, None, "meta is not a JSON object"
+                        yield line, None, "meta is not valid JSON"
                         continue
-                else:
-                    row.pop("meta", None)
-                yield line, dict(row), None
+                yield line, row, None
         return
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8", errors=errors) as fh:
         for line, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
@@ -171,7 +178,7 @@ def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
                 yield line, None, f"not valid JSON ({err.msg})"
                 continue
             if not isinstance(row, dict):
-                yield line, None, "row is not a JSON object"
+                yield line, None, f"row is a JSON {type(row).__name__}, not an object"
                 continue
             yield line, row, None
 
@@ -247,7 +254,7 @@ def load_manifest(
     posts: list[Post] = []
     problems: list[RowProblem] = []
     first_line: dict[str, int] = {}
-    for line, row, parse_problem in _iter_rows(path):
+    for line, row, parse_problem in iter_rows(path):
         post_id = row.get("id") if row is not None and isinstance(row.get("id"), str) else None
         problem = parse_problem or _row_problem(row, root, label_set, check_images)  # type: ignore[arg-type]
         if problem is None and post_id in first_line:
