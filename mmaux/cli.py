@@ -122,6 +122,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from mmaux.importers import IMPORTERS, ImportFailed
+
+    try:
+        report = IMPORTERS[args.dataset](
+            Path(args.src),
+            Path(args.out),
+            on_missing=args.on_missing,
+            link=args.link,
+            seed=args.seed,
+            images=Path(args.images) if args.images else None,
+        )
+    except ImportFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(
+        f"report: {Path(args.out) / 'import_report.json'}; train on it with "
+        f"--set data.root={args.out}"
+    )
+    return 0
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from mmaux.ablation import VARIANTS, run_ablation
 
@@ -187,6 +210,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="run directory (default: train.output_dir)")
     p.add_argument("--split", choices=["train", "val", "test"], help="default: eval.split")
     p.set_defaults(func=cmd_evaluate)
+
+    from mmaux.importers import IMPORTERS
+
+    p = sub.add_parser(
+        "import",
+        help="convert a public data set into the manifest format",
+        description="Read a data set in its published raw format and write a data directory "
+        "(manifest.jsonl, dataset.json, images/, import_report.json). Source files are never "
+        "modified; missing or unreadable images are listed, and fail the import or are dropped.",
+    )
+    p.add_argument("dataset", choices=sorted(IMPORTERS), help="raw format")
+    p.add_argument("--src", required=True, help="raw data folder (datakey: the CSV file)")
+    p.add_argument("--out", required=True, help="output data directory (must be new)")
+    p.add_argument("--images", help="image folder (default: images/ in or beside --src)")
+    p.add_argument(
+        "--on-missing",
+        choices=["fail", "drop"],
+        default="fail",
+        help="what to do with posts whose image is missing or unreadable",
+    )
+    p.add_argument(
+        "--link",
+        choices=["copy", "hardlink"],
+        default="copy",
+        help="copy images, or hard-link them (copies across file systems)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
         "ablate",
