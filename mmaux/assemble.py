@@ -12,7 +12,12 @@ from torch.utils.data import DataLoader, Sampler
 
 from mmaux.config import Config
 from mmaux.data.dataset import ImageFeatures, ImagePixels, PostDataset, collate_posts
-from mmaux.data.features import cached_image_features, cached_pixels, split_transform
+from mmaux.data.features import (
+    cached_image_features,
+    cached_pixels,
+    split_transform,
+    weights_digest,
+)
 from mmaux.data.images import build_transform
 from mmaux.data.manifest import Manifest, load_manifest
 from mmaux.models.classifier import MultimodalClassifier, build_model
@@ -100,9 +105,8 @@ def assemble(
         if cfg.model.image.freeze and cfg.train.cache_image_features:
             encoder_id = {
                 "name": cfg.model.image.name,
-                "pretrained": cfg.model.image.pretrained,
-                "weights": str(cfg.model.image.weights),
                 "kwargs": cfg.model.image.kwargs,
+                "weights": weights_digest(image.model),
             }
             features, asm.features_from_cache = cached_image_features(
                 image.model,

@@ -94,7 +94,7 @@ def evaluate_run(
     from mmaux.assemble import assemble
     from mmaux.checkpoint import load_weights
     from mmaux.config import config_from_dict
-    from mmaux.runtime import resolve_device, resolve_precision
+    from mmaux.runtime import resolve_device, resolve_precision, seed_everything
 
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
@@ -106,6 +106,9 @@ def evaluate_run(
     split = split or cfg.eval.split
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
+    # The weights file holds trained weights only; frozen ones are rebuilt from their
+    # source, and a randomly initialised frozen encoder needs the training seed for that.
+    seed_everything(cfg.train.seed)
     asm = assemble(cfg, device, splits=(split,))
     load_weights(asm.model, run_dir / "model.safetensors")
     labels = json.loads((run_dir / "labels.json").read_text())

@@ -243,3 +243,33 @@ def test_trainable_image_encoder_reads_exact_cached_pixels(make_cfg, synth_root)
     assert torch.equal(ds[3]["pixel_values"], direct)  # uint8 caching is lossless
     result = train(cfg)
     assert result.global_step == 2 * (96 // 16)
+
+
+def test_evaluate_run_rebuilds_a_frozen_random_encoder_as_trained(make_cfg):
+    """Checkpoints hold trained weights only; frozen ones must be rebuilt identically."""
+    from mmaux.evaluation import evaluate_run
+
+    cfg = make_cfg("model.image.name=test_efficientnet", "model.image.pretrained=false")
+    result = train(cfg)
+    torch.manual_seed(12345)  # whatever the caller's RNG state, the rebuild must match
+    metrics, _, _ = evaluate_run(cfg.train.output_dir, "test")
+    assert metrics["confusion_matrix"] == result.metrics["test"]["confusion_matrix"]
+    assert metrics["loss"] == pytest.approx(result.metrics["test"]["loss"], rel=1e-5)
+
+
+def test_feature_cache_is_keyed_on_the_encoder_weights_not_its_name(make_cfg):
+    from mmaux.assemble import assemble
+    from mmaux.runtime import seed_everything
+
+    extra = ("model.image.name=test_efficientnet", "model.image.pretrained=false")
+    seed_everything(0)
+    a = assemble(make_cfg(*extra), torch.device("cpu"), splits=("train",))
+    seed_everything(1)  # same name and flags, other random weights: other features
+    b = assemble(make_cfg(*extra), torch.device("cpu"), splits=("train",))
+    assert a.features_from_cache is False and b.features_from_cache is False
+    assert not torch.equal(
+        a.datasets["train"][0]["image_pooled"], b.datasets["train"][0]["image_pooled"]
+    )
+    seed_everything(0)
+    again = assemble(make_cfg(*extra), torch.device("cpu"), splits=("train",))
+    assert again.features_from_cache is True

@@ -33,6 +33,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_digest(model: nn.Module) -> str:
+    """sha256 of a module's parameters and buffers: what its features really depend on
+    (a name or a ``pretrained`` flag does not pin random or replaced weights)."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def cache_key(
     encoder_id: dict, transform: Callable, need_tokens: bool, root: Path, images: Sequence[str]
 ) -> str:
