@@ -41,7 +41,7 @@ def search(params: StageParams) -> dict:
     from mmaux.tuning import tune
 
     cfg = params.config("train.progress=false")
-    cfg = params.config("train.progress=false", f"tune.study_name={study_name(cfg)}")
+    cfg.tune.study_name = study_name(cfg)  # validated assignment
     if not cfg.tune.enabled:
         write_json(cfg.tune.best_params, _fixed_params(cfg))
         return {"history": [], "best": _fixed_params(cfg)}
