@@ -14,7 +14,9 @@ PYTEST_ARGS ?=
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install run synth train evaluate ablate test test-slow lint mlflow-ui clean
+MULTIOFF ?= ../shared/datasets/multioff
+
+.PHONY: install run synth train evaluate ablate benchmark-multioff test test-slow lint mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +46,9 @@ evaluate: install
 
 ablate: install synth
 	mmaux ablate --seeds 0 1 2
+
+benchmark-multioff: install  # the real-data comparison (docs/multioff.md)
+	python benchmarks/multioff.py --src $(MULTIOFF) --out results/multioff
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

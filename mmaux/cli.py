@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -122,17 +123,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from mmaux.importers import IMPORTERS, ImportFailed
+IMPORT_OPTIONS = ("text_file", "task", "fold")
 
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mmaux.importers import ImportFailed, get_importer
+
+    importer = get_importer(args.dataset)
+    options = {k: getattr(args, k) for k in IMPORT_OPTIONS if getattr(args, k) is not None}
+    accepted = inspect.signature(importer).parameters
+    for key in options:
+        if key not in accepted:
+            flag = "--" + key.replace("_", "-")
+            print(f"error: {flag} is not an option of the {args.dataset} importer", file=sys.stderr)
+            return 2
+    if "text_file" in options:
+        options["text_file"] = Path(options["text_file"])
     try:
-        report = IMPORTERS[args.dataset](
+        report = importer(
             Path(args.src),
             Path(args.out),
             on_missing=args.on_missing,
             link=args.link,
             seed=args.seed,
             images=Path(args.images) if args.images else None,
+            **options,
         )
     except ImportFailed as err:
         print(f"error: {err}", file=sys.stderr)
@@ -237,6 +252,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy images, or hard-link them (copies across file systems)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    p.add_argument(
+        "--text-file",
+        help="CSV with id,text columns supplying rehydrated post text "
+        "(MICD; TIR's ids-only textimage.csv)",
+    )
+    p.add_argument(
+        "--task", help="which labels to use where a data set has several (TIR: see its importer)"
+    )
+    p.add_argument("--fold", type=int, help="which numbered official split to use (MVSA)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(

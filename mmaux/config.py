@@ -152,6 +152,12 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     patience: int = Field(4, ge=1, description="early stopping on val macro-F1")
+    length_grouping: int = Field(
+        0,
+        ge=0,
+        description="0: plain shuffled batches; k: sort texts by length within groups of "
+        "k batches, so batches pad less (faster with long, varied texts)",
+    )
     class_weights: Literal["balanced", "none"] = "balanced"
     cache_image_features: bool = Field(True, description="cache frozen image features")
     checkpoint_every_steps: int = Field(0, ge=0, description="0 = at each epoch end only")

@@ -24,6 +24,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,13 +105,35 @@ class TrainResult:
         return float(self.metrics["test"]["macro_f1"])
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The shuffled batches of one epoch: a pure function of (n, batch_size, seed, epoch).
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    lengths: Sequence[int] | None = None,
+    group: int = 0,
+) -> list[list[int]]:
+    """The shuffled batches of one epoch: a pure function of its arguments.
 
-    The last incomplete batch is dropped when there is more than one batch (contrastive
-    losses need full, comparable batches)."""
+    With ``lengths`` and ``group`` > 0, the shuffled order is cut into groups of
+    ``group * batch_size`` posts, each group is sorted by text length and cut into
+    batches, and the batch order is shuffled again: batches hold texts of similar length,
+    so far less padding is computed, while every batch still mixes random posts. The last
+    incomplete batch is dropped when there is more than one batch (contrastive losses need
+    full, comparable batches)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=gen).tolist()
+    if lengths is not None and group > 0 and n > batch_size:
+        keep = n - n % batch_size
+        span = group * batch_size
+        order = order[:keep]
+        chunks = [order[i : i + span] for i in range(0, keep, span)]
+        batches = []
+        for chunk in chunks:
+            chunk = sorted(chunk, key=lambda i: lengths[i])
+            batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        perm = torch.randperm(len(batches), generator=gen).tolist()
+        return [batches[i] for i in perm]
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
@@ -309,7 +332,14 @@ class Trainer:
         try:
             while not state["done"] and state["epoch"] < t.epochs:
                 epoch = state["epoch"]
-                batches = epoch_batches(len(train_ds), t.batch_size, t.seed, epoch)
+                batches = epoch_batches(
+                    len(train_ds),
+                    t.batch_size,
+                    t.seed,
+                    epoch,
+                    train_ds.text_lengths,
+                    t.length_grouping,
+                )
                 loader = asm.loader(
                     "train", t.batch_size, batches[state["micro_in_epoch"] :], device=self.device
                 )

@@ -100,3 +100,41 @@ def test_stage_parameters_are_validated(work):
 
     with pytest.raises(ParameterTypeError):
         validate_flow(params={"params_file": "params.yaml", "bogus": 1})
+
+
+def test_import_flow_writes_a_dataset_the_pipeline_can_load(work):
+    from PIL import Image
+
+    from flows.import_data import ImportParams, import_flow
+    from mmaux.data.manifest import load_manifest
+    from mmaux.importers import ImportFailed
+
+    (work / "raw" / "images").mkdir(parents=True)
+    rows = ["tweet_id,text,label,split"]
+    for i in range(12):
+        label, split = ("yes" if i % 3 else "no"), ["train", "val", "test"][i % 3]
+        rows.append(f"{100 + i},post number {i},{label},{split}")
+        if i != 7:  # one post's image is missing
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(
+                work / "raw" / "images" / f"{100 + i}.jpg"
+            )
+    (work / "raw" / "key.csv").write_text("\n".join(rows) + "\n")
+
+    with pytest.raises(ImportFailed, match="107"):
+        import_flow(ImportParams(dataset="datakey", src="raw/key.csv", out="out-fail"))
+    result = import_flow(
+        ImportParams(dataset="datakey", src="raw/key.csv", out="data/imported", on_missing="drop")
+    )
+    assert result["n_posts"] == 11
+    assert result["counts"]["val"] == {"no": 0, "yes": 3}  # id 107 (val, yes) dropped
+    manifest = load_manifest(work / "data" / "imported" / "manifest.jsonl")
+    assert len(manifest.posts) == 11 and "107" not in {p.id for p in manifest.posts}
+
+
+def test_import_flow_parameters_are_validated(work):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.import_data import import_flow
+
+    with pytest.raises(ParameterTypeError):
+        import_flow(params={"dataset": "not-a-dataset", "src": "x", "out": "y"})

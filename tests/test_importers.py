@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from mmaux.cli import main
 from mmaux.data.manifest import load_manifest
 from mmaux.importers import ImportFailed, import_datakey, import_multioff, stratified_split
+from tests.import_helpers import (
+    SHARED,
+    make_image,
+    make_images,
+    read_dataset_info,
+    read_import_report,
+    tree_hash,
+)
 
-SHARED_MULTIOFF = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "multioff"
-
-
-def _img(path: Path, colour=(200, 30, 30)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (12, 10), colour).save(path)
-
-
-def _tree_hash(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+SHARED_MULTIOFF = SHARED / "datasets" / "multioff"
 
 
 @pytest.fixture
 def multioff_raw(tmp_path) -> Path:
     """MultiOFF's layout and quirks: 'Non-offensiv' labels, a missing image, a bad row."""
     src = tmp_path / "multioff"
-    for name in ("a1", "a2", "a3", "b1", "b2", "c1", "c2"):
-        _img(src / "images" / f"{name}.png")
+    make_images(src / "images", ("a1", "a2", "a3", "b1", "b2", "c1", "c2"), "{}.png")
     (src / "Training_meme_dataset.csv").write_text(
         "image_name,sentence,label\n"
         'a1.png,"Vote for him, or else !",offensive\n'
@@ -64,10 +55,10 @@ def test_multioff_fails_by_default_naming_every_missing_image(multioff_raw, tmp_
 
 
 def test_multioff_drop_keeps_official_splits_and_reports_everything(multioff_raw, tmp_path):
-    before = _tree_hash(multioff_raw)
+    before = tree_hash(multioff_raw)
     out = tmp_path / "out"
     report = import_multioff(multioff_raw, out, on_missing="drop")
-    assert _tree_hash(multioff_raw) == before  # sources untouched
+    assert tree_hash(multioff_raw) == before  # sources untouched
     assert report.counts == {
         "train": {"non-offensive": 2, "offensive": 1},
         "val": {"non-offensive": 0, "offensive": 1},
@@ -83,10 +74,10 @@ def test_multioff_drop_keeps_official_splits_and_reports_everything(multioff_raw
     a2 = next(p for p in m.posts if p.id == "a2")
     assert a2.label == "non-offensive" and a2.meta["raw_label"] == "Non-offensiv"
     assert next(p for p in m.posts if p.id == "a1").text == "Vote for him, or else !"
-    info = json.loads((out / "dataset.json").read_text())
+    info = read_dataset_info(out)
     assert info["import"]["on_missing"] == "drop"
     assert info["import"]["dropped_ids"] == ["KbTk7Rq", "escape"]
-    saved = json.loads((out / "import_report.json").read_text())
+    saved = read_import_report(out)
     assert len(saved["missing_images"]) == 2 and saved["split_rule"].startswith("official")
     with pytest.raises(ImportFailed, match="already holds a data set"):
         import_multioff(multioff_raw, out, on_missing="drop")
@@ -101,7 +92,7 @@ def test_datakey_finds_images_maps_splits_and_stratifies_unsplit_rows(tmp_path):
         rows.append(f"{1000 + i},post number {i},{label},{split}")
         if i != 7:
             name = f"T{1000 + i}.jpg" if i % 2 else f"{1000 + i}.png"
-            _img(src / "images" / name)
+            make_image(src / "images" / name)
     rows.append("2000,,other,train")
     rows.append("2001,text,other,holdout")
     (src / "data_key.csv").write_text("\n".join(rows) + "\n")

@@ -273,3 +273,23 @@ def test_feature_cache_is_keyed_on_the_encoder_weights_not_its_name(make_cfg):
     seed_everything(0)
     again = assemble(make_cfg(*extra), torch.device("cpu"), splits=("train",))
     assert again.features_from_cache is True
+
+
+def test_length_grouped_batches_pad_less_and_cover_the_epoch():
+    rng = torch.Generator().manual_seed(3)
+    lengths = torch.randint(5, 129, (203,), generator=rng).tolist()
+    plain = epoch_batches(203, 16, seed=1, epoch=0)
+    grouped = epoch_batches(203, 16, seed=1, epoch=0, lengths=lengths, group=4)
+    assert grouped == epoch_batches(203, 16, seed=1, epoch=0, lengths=lengths, group=4)
+    assert grouped != epoch_batches(203, 16, seed=1, epoch=1, lengths=lengths, group=4)
+    assert all(len(b) == 16 for b in grouped) and len(grouped) == len(plain) == 12
+    flat = [i for b in grouped for i in b]
+    assert len(set(flat)) == len(flat) == 192
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) for b in batches) / len(batches)
+
+    assert padded(grouped) < 0.75 * padded(plain)
+    # within a group, batches are length-sorted, so no batch straddles the whole range
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in grouped]
+    assert sum(spans) / len(spans) < 60

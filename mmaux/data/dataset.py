@@ -67,6 +67,11 @@ class PostDataset(Dataset):
         if use_image and features is None and transform is None:
             raise ValueError("PostDataset needs an image transform or cached image features")
 
+    @property
+    def text_lengths(self) -> list[int] | None:
+        """Token count of each post's text (None without a tokenizer)."""
+        return None if self.input_ids is None else [len(x) for x in self.input_ids]
+
     def __len__(self) -> int:
         return len(self.posts)
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +28,9 @@ from mmaux.data.manifest import SPLITS, Post, write_dataset_info, write_manifest
 OnMissing = Literal["drop", "fail"]
 # No symlinks: a link out of the data root is exactly what the manifest loader rejects.
 LinkMode = Literal["copy", "hardlink"]
+# A post id that can name its files (``images/{id}.jpg``, ``data/{id}.txt``): no dots,
+# slashes or spaces, so it cannot leave a folder.
+SAFE_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ImportFailed(ValueError):
@@ -55,6 +59,24 @@ def source_image(folder: Path, name: str) -> tuple[Path | None, str | None]:
     except ValueError:
         return None, f"image name {name!r} leaves the image folder"
     return path, None
+
+
+def shorten(items: Sequence[str], limit: int) -> str:
+    """The first ``limit`` items joined with ``", "``, then ``", ..."`` if there are more."""
+    return ", ".join(items[:limit]) + (", ..." if len(items) > limit else "")
+
+
+def skip_notes(skipped: Iterable[Mapping[str, Any]], descriptions: Mapping[str, str]) -> list[str]:
+    """One note ``"skipped N <description>"`` per ``kind`` of the skipped rows, by kind name."""
+    kinds = Counter(r["kind"] for r in skipped)
+    return [f"skipped {n} {descriptions[k]}" for k, n in sorted(kinds.items())]
+
+
+def require_posts(posts: Sequence[RawPost], skipped: Sequence[Any], source: Path | str) -> None:
+    """Fail the import when the raw data yields no usable post, saying how many rows were
+    skipped."""
+    if not posts:
+        raise ImportFailed(f"{source}: no usable posts ({len(skipped)} row(s) skipped)")
 
 
 @dataclass
@@ -143,6 +165,7 @@ def write_dataset(
 ) -> ImportReport:
     """Check, place and write ``posts`` as a canonical data directory; return the report."""
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "manifest.jsonl").exists():
         raise ImportFailed(f"{out_dir}: already holds a data set; choose an empty --out")
     dupes = sorted(i for i, n in Counter(p.id for p in posts).items() if n > 1)

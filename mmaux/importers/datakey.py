@@ -11,6 +11,7 @@ import csv
 from pathlib import Path
 
 from mmaux.importers.base import ImportFailed, ImportReport, RawPost, write_dataset
+from mmaux.importers.rawio import open_csv
 
 SPLIT_NAMES = {
     "train": "train",
@@ -34,7 +35,7 @@ def find_image(folder: Path, post_id: str) -> Path | None:
 
 def read(csv_path: Path, images: Path) -> tuple[list[RawPost], list[dict], list[str]]:
     posts, skipped = [], []
-    with Path(csv_path).open(encoding="utf-8", errors="replace", newline="") as fh:
+    with open_csv(csv_path, encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         need = {"tweet_id", "text", "label", "split"}
         if not need <= set(reader.fieldnames or []):

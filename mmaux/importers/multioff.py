@@ -12,6 +12,7 @@ import csv
 from pathlib import Path
 
 from mmaux.importers.base import ImportFailed, ImportReport, RawPost, source_image, write_dataset
+from mmaux.importers.rawio import open_csv
 
 LABELS = ["non-offensive", "offensive"]
 LABEL_MAP = {
@@ -34,7 +35,7 @@ def read(src: Path, images: Path | None = None) -> tuple[list[RawPost], list[dic
         path = Path(src) / name
         if not path.is_file():
             raise ImportFailed(f"{path}: missing (MultiOFF needs {', '.join(FILES.values())})")
-        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        with open_csv(path, encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             need = {"image_name", "sentence", "label"}
             if not need <= set(reader.fieldnames or []):
