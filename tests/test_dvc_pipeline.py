@@ -111,3 +111,25 @@ def test_exp_run_with_a_set_param_and_exp_show(repo):
     shown = _json([str(DVC), "exp", "show", "--json"], work, env)
     text = json.dumps(shown)
     assert "0.3" in text and "macro_f1" in text
+
+
+def test_pointing_data_root_at_an_imported_data_set_reruns_from_validate(repo):
+    from mmaux.config import SynthConfig
+    from mmaux.data.synth import generate
+
+    work, env, _ = repo
+    generate(
+        work / "data/imported", SynthConfig(seed=9, n_train=64, n_val=32, n_test=32, image_size=64)
+    )
+    _run([str(DVC), "add", "-q", "data/imported"], work, env)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["data"]["root"] = "data/imported"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = _json([str(DVC), "status", "--json"], work, env)
+        changed = {name.split(":")[-1] for name in status}
+        assert {"validate", "preprocess"} <= changed, status
+        assert "data/imported" in json.dumps(status["validate"])  # the dep follows data.root
+        assert "data/raw" not in json.dumps(status["validate"])
+    finally:
+        _run(["git", "checkout", "params.yaml"], work, env)
