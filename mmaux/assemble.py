@@ -70,7 +70,7 @@ class Assembly:
             collate_fn=partial(collate_posts, pad_id=self.pad_id),
             num_workers=workers,
             pin_memory=device is not None and device.type == "cuda",
-            persistent_workers=False,
+            persistent_workers=workers > 0,
             # A private generator: creating loader iterators must not consume the global RNG
             # (dropout's), or a resumed run would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(0),

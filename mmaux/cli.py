@@ -98,6 +98,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         print(stop, file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", "0")) > 0:
+        return 0  # rank 0 reports
     m = result.metrics
     print(
         f"run: {result.run_dir}  best epoch {result.best_epoch}/{result.epochs_run}  "
@@ -288,8 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun, only rank 0 reports progress
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.INFO if rank == 0 else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     for noisy in ("httpx", "urllib3", "transformers", "timm", "huggingface_hub"):

@@ -79,6 +79,9 @@ class TextEncoderConfig(_Section):
         2, ge=-1, description="top transformer layers to fine-tune; -1 = all, 0 = frozen"
     )
     pooling: Literal["cls", "mean"] = "mean"
+    attention: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="attention kernel: PyTorch scaled-dot-product (fused) or eager"
+    )
     local_files_only: bool = Field(True, description="never reach a model hub")
 
 
@@ -161,7 +164,14 @@ class TrainConfig(_Section):
     class_weights: Literal["balanced", "none"] = "balanced"
     cache_image_features: bool = Field(True, description="cache frozen image features")
     checkpoint_every_steps: int = Field(0, ge=0, description="0 = at each epoch end only")
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="loader worker processes (kept alive)")
+    compile: bool = Field(False, description="torch.compile the model and its losses")
+    deterministic: bool = Field(
+        True, description="deterministic kernels (false: faster cuDNN/cuBLAS autotuning on GPU)"
+    )
+    channels_last: bool = Field(
+        True, description="channels-last memory format for a trained CNN image encoder (CUDA)"
+    )
     progress: bool = True
     output_dir: Path = Path("runs/default")
 

@@ -17,6 +17,7 @@ resumed run reproduces the uninterrupted run exactly on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -43,8 +44,18 @@ from mmaux.checkpoint import (
 )
 from mmaux.config import Config, dump_config
 from mmaux.data.manifest import Manifest, write_skip_report
+from mmaux.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    broadcast,
+    init_from_env,
+    mean_over_ranks,
+    shard,
+)
 from mmaux.evaluation import evaluate, write_predictions
-from mmaux.losses import balanced_class_weights, compute_losses
+from mmaux.losses import LossTerms, balanced_class_weights, compute_losses
+from mmaux.models.classifier import ModelOutput, MultimodalClassifier
 from mmaux.runtime import autocast, resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
@@ -56,6 +67,9 @@ _RESUME_FREE = {
     ("train", "progress"),
     ("train", "output_dir"),
     ("train", "num_workers"),
+    ("train", "compile"),
+    ("train", "channels_last"),
+    ("train", "deterministic"),
     ("train", "checkpoint_every_steps"),
     ("data", "check_images"),
     ("data", "on_error"),
@@ -154,8 +168,71 @@ def _truncate_jsonl(path: Path, keep) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
 
 
+def build_optimizer(
+    model: MultimodalClassifier, t: Any, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters: encoder vs head learning rates, no weight decay
+    on biases, norms and the logit scale; the fused kernel on CUDA."""
+    no_decay = lambda n, p: p.ndim < 2 or "norm" in n.lower() or n == "logit_scale"  # noqa: E731
+    enc_ids = {id(p) for p in model.encoder_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        groups.setdefault((id(p) in enc_ids, no_decay(name, p)), []).append(p)
+    param_groups = [
+        {
+            "params": ps,
+            "lr": t.lr if is_enc else t.head_lr,
+            "weight_decay": 0.0 if nd else t.weight_decay,
+        }
+        for (is_enc, nd), ps in sorted(groups.items())
+    ]
+    if device.type == "cuda":
+        return torch.optim.AdamW(param_groups, fused=True)
+    return torch.optim.AdamW(param_groups)
+
+
+class EpochBatches:
+    """A batch sampler whose batches are set each epoch, so one DataLoader (and its
+    persistent workers) serves the whole run; sampling runs in the main process."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class LossModule(torch.nn.Module):
+    """The model and its losses as one module: DDP wraps this, so every trainable parameter
+    (encoders, fusion, ITC projections, ITM head) is used inside one DDP forward."""
+
+    def __init__(self, model: MultimodalClassifier, dist: DistInfo):
+        super().__init__()
+        self.model = model
+        self.dist = dist
+
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        aux: Any,
+        class_weight: torch.Tensor | None,
+        generator: torch.Generator,
+    ) -> tuple[LossTerms, ModelOutput]:
+        return compute_losses(self.model, batch, aux, class_weight, generator, self.dist)
+
+
 class Trainer:
-    """Trains a :class:`~mmaux.models.MultimodalClassifier` from a :class:`Config`."""
+    """Trains a :class:`~mmaux.models.MultimodalClassifier` from a :class:`Config`.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP: each process
+    takes its slice of every global batch of ``train.batch_size``; only rank 0 writes
+    logs, checkpoints and metrics, evaluates, and runs the callbacks.
+    """
 
     def __init__(
         self,
@@ -170,10 +247,19 @@ class Trainer:
         self.final_splits = final_splits  # evaluated with the best weights at the end
         self.run_dir = Path(cfg.train.output_dir)
         self.device = resolve_device(cfg.train.device)
+        self._owns_group = not torch.distributed.is_initialized()
+        self.dist = init_from_env(self.device.type)
+        self._owns_group = self._owns_group and self.dist.enabled
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if not self.dist.is_main:
+            self.callbacks = []  # tracking and other side effects happen on rank 0 only
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self._stop = threading.Event()
         self.asm: Assembly | None = None
         self.global_step = 0
+        self._use_channels_last = False
 
     # ------------------------------------------------------------------ control
     def request_stop(self) -> None:
@@ -197,28 +283,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def _optimizer(self, model) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        no_decay = lambda n, p: p.ndim < 2 or "norm" in n.lower() or n == "logit_scale"  # noqa: E731
-        enc_ids = {id(p) for p in model.encoder_parameters()}
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            groups.setdefault((id(p) in enc_ids, no_decay(name, p)), []).append(p)
-        param_groups = [
-            {
-                "params": ps,
-                "lr": t.lr if is_enc else t.head_lr,
-                "weight_decay": 0.0 if nd else t.weight_decay,
-            }
-            for (is_enc, nd), ps in sorted(groups.items())
-        ]
-        fused = self.device.type == "cuda"
-        return (
-            torch.optim.AdamW(param_groups, fused=fused)
-            if fused
-            else torch.optim.AdamW(param_groups)
-        )
+        return build_optimizer(model, self.cfg.train, self.device)
 
     def _rng_state(self, itm_gen: torch.Generator) -> dict[str, torch.Tensor]:
         state = {"torch": torch.get_rng_state(), "itm": itm_gen.get_state()}
@@ -233,18 +298,38 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def _batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self._use_channels_last and "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _channels_last(self, model: MultimodalClassifier) -> None:
+        """Channels-last for a convolutional image encoder that runs on CUDA (tensor cores
+        read NHWC natively); ViTs and cached features are left alone."""
+        enc = model.image_encoder
+        self._use_channels_last = bool(
+            self.cfg.train.channels_last
+            and self.device.type == "cuda"
+            and enc is not None
+            and any(isinstance(m, torch.nn.Conv2d) for m in enc.modules())
+            and not (self.asm is not None and self.asm.features_from_cache)
+        )
+        if self._use_channels_last:
+            enc.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> TrainResult:
         """Train (or resume), evaluate the best weights on val and test, write the run dir."""
         cfg, t = self.cfg, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.dist)
         ckpt_dir = self.run_dir / "checkpoint"
         found = find_checkpoint(ckpt_dir) if resume else None
         if resume and found is None:
             log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt_dir)
-        if found is None:
+        if found is None and main:
             for name in (
                 "steps.jsonl",
                 "epochs.jsonl",
@@ -255,10 +340,17 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
 
-        seed_everything(t.seed)
-        self.asm = asm = assemble(cfg, self.device, manifest=self.manifest, progress=t.progress)
+        seed_everything(t.seed, deterministic=t.deterministic)
+        # Rank 0 builds the on-disk caches first; the others then read them.
+        if not main:
+            barrier(self.dist)
+        self.asm = asm = assemble(
+            cfg, self.device, manifest=self.manifest, progress=t.progress and main
+        )
+        if main:
+            barrier(self.dist)
         manifest, model = asm.manifest, asm.model
-        if manifest.skipped:
+        if manifest.skipped and main:
             report = write_skip_report(manifest.skipped, self.run_dir / "skipped.jsonl")
             log.warning(
                 "skipped %d bad manifest rows (data.on_error=skip); see %s",
@@ -269,8 +361,16 @@ class Trainer:
         for split in ("train", "val"):
             if len(asm.datasets[split]) == 0:
                 raise ValueError(f"{manifest.source}: the {split} split is empty")
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-        (self.run_dir / "labels.json").write_text(json.dumps(manifest.labels) + "\n")
+        if main:
+            (self.run_dir / "config.yaml").write_text(
+                yaml.safe_dump(dump_config(cfg), sort_keys=False)
+            )
+            (self.run_dir / "labels.json").write_text(json.dumps(manifest.labels) + "\n")
+        if self.dist.enabled and t.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} must be a multiple of the "
+                f"{self.dist.world_size} processes"
+            )
 
         num_classes = len(manifest.labels)
         class_weight = (
@@ -279,7 +379,14 @@ class Trainer:
             else None
         )
         optimizer = self._optimizer(model)
-        itm_gen = torch.Generator().manual_seed(t.seed + 7919)
+        # Rank 0 keeps the single-process random streams; other ranks get their own
+        # (dropout masks and ITM pairs must differ between slices of a batch).
+        # On the training device, so ITM sampling never waits on the host.
+        itm_gen = torch.Generator(device=self.device).manual_seed(
+            t.seed + 7919 + 104_729 * self.dist.rank
+        )
+        if self.dist.rank > 0:
+            torch.manual_seed(t.seed + 1_000_003 * self.dist.rank)
         state: dict[str, Any] = {
             "epoch": 0,
             "micro_in_epoch": 0,
@@ -309,7 +416,10 @@ class Trainer:
             log.info("resuming from %s at epoch %d, step %d", found, state["epoch"], step)
 
         def checkpoint() -> Path:
-            return save_checkpoint(ckpt_dir, model, optimizer, self._rng_state(itm_gen), state)
+            if main:
+                path = save_checkpoint(ckpt_dir, model, optimizer, self._rng_state(itm_gen), state)
+            barrier(self.dist)
+            return ckpt_dir if not main else path
 
         previous = self._install_signals()
         try:
@@ -326,9 +436,22 @@ class Trainer:
         assert asm is not None
         train_ds = asm.datasets["train"]
         accum = t.grad_accum_steps
+        main, dist = self.dist.is_main, self.dist
+        step_fn: torch.nn.Module = LossModule(model, dist)
+        self._channels_last(model)
+        if t.compile:
+            step_fn = torch.compile(step_fn)  # type: ignore[assignment]
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            step_fn = DistributedDataParallel(step_fn, device_ids=ids)
         val_loader = asm.loader("val", cfg.eval.batch_size, device=self.device)
-        steps_log = (self.run_dir / "steps.jsonl").open("a")
-        epochs_log = (self.run_dir / "epochs.jsonl").open("a")
+        # One loader for the whole run (its workers persist); each epoch sets its batches.
+        epoch_plan = EpochBatches()
+        train_loader = asm.loader("train", t.batch_size, epoch_plan, device=self.device)
+        steps_log = (self.run_dir / "steps.jsonl").open("a") if main else None
+        epochs_log = (self.run_dir / "epochs.jsonl").open("a") if main else None
         try:
             while not state["done"] and state["epoch"] < t.epochs:
                 epoch = state["epoch"]
@@ -340,32 +463,35 @@ class Trainer:
                     train_ds.text_lengths,
                     t.length_grouping,
                 )
-                loader = asm.loader(
-                    "train", t.batch_size, batches[state["micro_in_epoch"] :], device=self.device
-                )
+                epoch_plan.batches = [shard(b, dist) for b in batches[state["micro_in_epoch"] :]]
                 model.train()
                 started = time.perf_counter()
                 bar = tqdm(
                     total=len(batches),
                     initial=state["micro_in_epoch"],
                     desc=f"epoch {epoch + 1}/{t.epochs}",
-                    disable=None if t.progress else True,
+                    disable=None if t.progress and main else True,
                     leave=False,
                 )
-                for batch in loader:
+                for batch in train_loader:
                     batch = self._batch(batch)
-                    with autocast(self.device, self.precision):
-                        terms, _ = compute_losses(model, batch, cfg.aux, class_weight, itm_gen)
-                    (terms.total / accum).backward()
+                    last = state["micro_in_epoch"] + 1 == len(batches)
+                    sync = (state["micro_in_epoch"] + 1) % accum == 0 or last
+                    no_sync = getattr(step_fn, "no_sync", None)
+                    with (
+                        no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
+                    ):
+                        with autocast(self.device, self.precision):
+                            terms, _ = step_fn(batch, cfg.aux, class_weight, itm_gen)
+                        (terms.total / accum).backward()
                     state["micro_in_epoch"] += 1
-                    values = terms.as_floats()
+                    values = mean_over_ranks(terms.as_floats(), dist, self.device)
                     for k, v in values.items():
                         state["sums"][k] = state["sums"].get(k, 0.0) + v
                     state["count"] += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['loss']:.3f}")
-                    last = state["micro_in_epoch"] == len(batches)
-                    if state["micro_in_epoch"] % accum and not last:
+                    if not sync:
                         continue
                     if t.max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(
@@ -379,24 +505,33 @@ class Trainer:
                     record = {"step": step, "epoch": epoch, **values}
                     if model.logit_scale is not None:
                         record["logit_scale"] = float(model.logit_scale.detach().exp())
-                    steps_log.write(json.dumps(record) + "\n")
+                    if steps_log is not None:
+                        steps_log.write(json.dumps(record) + "\n")
                     for cb in self.callbacks:
                         cb.on_step_end(self, step, values)
                     periodic = t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
-                    if self._stop.is_set() or (periodic and not last):
+                    stop = any_rank(self._stop.is_set(), dist, self.device)
+                    if stop:
+                        self._stop.set()
+                    if stop or (periodic and not last):
                         state["train_seconds"] += time.perf_counter() - started
                         started = time.perf_counter()
-                        steps_log.flush()
+                        if steps_log is not None:
+                            steps_log.flush()
                         path = checkpoint()
-                        if self._stop.is_set():
+                        if stop:
                             bar.close()
                             raise TrainingInterrupted(path, step)
                 bar.close()
                 state["train_seconds"] += time.perf_counter() - started
-                steps_log.flush()
-                metrics, _ = evaluate(
-                    model, val_loader, asm.manifest.labels, self.device, self.precision
-                )
+                if steps_log is not None:
+                    steps_log.flush()
+                metrics = None
+                if main:  # the other ranks wait for rank 0's verdict
+                    metrics, _ = evaluate(
+                        model, val_loader, asm.manifest.labels, self.device, self.precision
+                    )
+                metrics = broadcast(metrics, dist)
                 train_means = {k: v / max(state["count"], 1) for k, v in state["sums"].items()}
                 record = {
                     "epoch": epoch,
@@ -410,12 +545,14 @@ class Trainer:
                 improved = metrics["macro_f1"] > state["best_score"] + 1e-12
                 if improved:
                     state.update(best_score=metrics["macro_f1"], best_epoch=epoch, bad_epochs=0)
-                    save_weights(model, self.run_dir / "best.safetensors")
+                    if main:
+                        save_weights(model, self.run_dir / "best.safetensors")
                 else:
                     state["bad_epochs"] += 1
                 state["history"].append(record)
-                epochs_log.write(json.dumps(record) + "\n")
-                epochs_log.flush()
+                if epochs_log is not None:
+                    epochs_log.write(json.dumps(record) + "\n")
+                    epochs_log.flush()
                 log.info(
                     "epoch %d: train loss %.4f, val macro-F1 %.4f%s",
                     epoch + 1,
@@ -431,14 +568,32 @@ class Trainer:
                     state["done"] = True
                 if state["epoch"] >= t.epochs:
                     state["done"] = True
-                if self._stop.is_set() and not state["done"]:
+                if any_rank(self._stop.is_set(), dist, self.device) and not state["done"]:
                     raise TrainingInterrupted(checkpoint(), state["global_step"])
                 checkpoint()
         finally:
-            steps_log.close()
-            epochs_log.close()
+            for fh in (steps_log, epochs_log):
+                if fh is not None:
+                    fh.close()
 
     def _finish(self, state: dict[str, Any]) -> TrainResult:
+        summary = self._final_metrics(state) if self.dist.is_main else None
+        summary = broadcast(summary, self.dist)
+        result = TrainResult(
+            run_dir=self.run_dir,
+            metrics=summary,
+            best_epoch=state["best_epoch"] + 1,
+            epochs_run=state["epoch"],
+            global_step=state["global_step"],
+            train_seconds=state["train_seconds"],
+            history=list(state["history"]),
+        )
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _final_metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: evaluate the best weights, write metrics.json, drop the checkpoint."""
         asm = self.asm
         assert asm is not None
         model = asm.model
@@ -464,20 +619,11 @@ class Trainer:
             "precision": self.precision,
             **metrics,
         }
+        if self.dist.enabled:
+            summary["world_size"] = self.dist.world_size
         (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
         shutil.rmtree(self.run_dir / "checkpoint", ignore_errors=True)
-        result = TrainResult(
-            run_dir=self.run_dir,
-            metrics=summary,
-            best_epoch=state["best_epoch"] + 1,
-            epochs_run=state["epoch"],
-            global_step=steps,
-            train_seconds=state["train_seconds"],
-            history=list(state["history"]),
-        )
-        for cb in self.callbacks:
-            cb.on_train_end(self, result)
-        return result
+        return summary
 
 
 def train(
@@ -489,4 +635,9 @@ def train(
 ) -> TrainResult:
     """Train from a configuration; see :class:`Trainer`. ``final_splits`` are evaluated with
     the best weights at the end (tuning passes ``("val",)``: trials never see test)."""
-    return Trainer(cfg, manifest, callbacks, final_splits).fit(resume=resume)
+    trainer = Trainer(cfg, manifest, callbacks, final_splits)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        if trainer._owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -149,16 +149,29 @@ def test_itm_negatives_reach_the_itm_head(model_and_batch):
     logits, labels = itm_logits(model, out.encoded, out.fused, pairs)
     hook.remove()
     fed = seen[0]
-    assert labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
-    real = [0, 2, 4, 6]
-    negatives = [(1, 3), (3, 0), (5, 7), (7, 1)]
-    for row, i in enumerate(real):
-        assert torch.allclose(fed[row], out.fused[i], atol=1e-6)
-    for row, (t, i) in enumerate(negatives, start=4):
+    assert labels.tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
+    for row in (0, 2, 4, 6):  # a real pair re-fused (eval mode) is the classification pass
+        assert torch.allclose(fed[row], out.fused[row], atol=1e-5)
+    for row, (t, i) in zip((1, 3, 5, 7), [(1, 3), (3, 0), (5, 7), (7, 1)], strict=True):
         expected = model.fuse(out.encoded, torch.tensor([t]), torch.tensor([i]))[0]
         assert torch.allclose(fed[row], expected, atol=1e-5)
         # The matched pair's output must not be what the head sees for a broken pair.
         assert not torch.allclose(fed[row], out.fused[t], atol=1e-4)
+
+
+def test_hard_itm_reuses_the_classification_pass_for_its_real_prefix(model_and_batch):
+    cfg, model, batch = model_and_batch
+    model.eval()
+    out = model(batch)
+    t, i = model.itc_embeddings(out.encoded)
+    pairs = hard_itm_pairs(t, i, model.logit_scale, torch.Generator().manual_seed(0))
+    assert pairs.real_prefix == 8 and pairs.labels.tolist() == [1] * 8 + [0] * 16
+    fused_rows = []
+    hook = model.fusion.register_forward_hook(lambda m, inp, o: fused_rows.append(o.shape[0]))
+    logits, labels = itm_logits(model, out.encoded, out.fused, pairs)
+    hook.remove()
+    assert fused_rows == [16]  # only the 2B negatives go through the fusion head again
+    assert logits.shape == (24, 2)
 
 
 @pytest.mark.parametrize("mode", ["random", "hard"])

