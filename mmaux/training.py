@@ -410,6 +410,10 @@ class Trainer:
                 )
             state.update(saved)
             self._set_rng_state(rng, itm_gen)
+            if self.dist.rank > 0:  # the checkpoint holds rank 0's streams: derive this rank's
+                offset = 1_000_003 * self.dist.rank + state["global_step"]
+                torch.manual_seed(t.seed + offset)
+                itm_gen.manual_seed(t.seed + 7919 + offset)
             step = state["global_step"]
             _truncate_jsonl(self.run_dir / "steps.jsonl", lambda r: r["step"] <= step)
             _truncate_jsonl(self.run_dir / "epochs.jsonl", lambda r: r["epoch"] < state["epoch"])
