@@ -576,6 +576,7 @@ def bench_loader(ctx: Context) -> dict[str, Any]:
                 collate_fn=partial(collate_posts, pad_id=asm.pad_id),
                 num_workers=2,
                 pin_memory=cuda,
+                multiprocessing_context="forkserver",  # as the trainer's loader
                 generator=torch.Generator().manual_seed(0),
             ),
             device,

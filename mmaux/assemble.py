@@ -71,6 +71,9 @@ class Assembly:
             num_workers=workers,
             pin_memory=device is not None and device.type == "cuda",
             persistent_workers=workers > 0,
+            # Workers start from a clean server process, not a fork of this one: a fork of a
+            # process with threads (Prefect, MLflow, tokenizers) can die or deadlock.
+            multiprocessing_context="forkserver" if workers > 0 else None,
             # A private generator: creating loader iterators must not consume the global RNG
             # (dropout's), or a resumed run would diverge from an uninterrupted one.
             generator=torch.Generator().manual_seed(0),

@@ -293,3 +293,10 @@ def test_length_grouped_batches_pad_less_and_cover_the_epoch():
     # within a group, batches are length-sorted, so no batch straddles the whole range
     spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in grouped]
     assert sum(spans) / len(spans) < 60
+
+
+def test_persistent_loader_workers_give_the_same_run_as_the_main_process(make_cfg, tmp_path):
+    inline = train(make_cfg(f"train.output_dir={tmp_path / 'w0'}"))
+    workers = train(make_cfg("train.num_workers=2", f"train.output_dir={tmp_path / 'w2'}"))
+    assert [h["train_loss"] for h in workers.history] == [h["train_loss"] for h in inline.history]
+    assert workers.metrics["test"] == inline.metrics["test"]
