@@ -6,14 +6,13 @@ python -m flows.import_data multioff --src ../shared/datasets/multioff --out dat
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Literal, get_args
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmaux.importers import IMPORTERS, ImportReport, get_importer
+from mmaux.importers import IMPORTERS, ImportReport, run_import
 
 Dataset = Literal["datakey", "mhp", "micd", "msd", "multioff", "mvsa", "tir"]
 
@@ -34,39 +33,20 @@ class ImportParams(BaseModel):
     task: str | None = Field(None, description="label set where there are several (TIR)")
     fold: int | None = Field(None, description="numbered official split (MVSA)")
 
-    def options(self) -> dict:
-        """The data-set specific options that were set."""
-        opts: dict = {}
-        if self.text_file is not None:
-            opts["text_file"] = Path(self.text_file)
-        if self.task is not None:
-            opts["task"] = self.task
-        if self.fold is not None:
-            opts["fold"] = self.fold
-        return opts
-
 
 assert set(get_args(Dataset)) == set(IMPORTERS), "flow and library disagree on data sets"
 
 
 @task
-def run_import(p: ImportParams) -> ImportReport:
+def import_task(p: ImportParams) -> ImportReport:
     """Read, check and write; an ImportFailed error is data, not a hiccup: no retries."""
-    return get_importer(p.dataset)(
-        Path(p.src),
-        Path(p.out),
-        on_missing=p.on_missing,
-        link=p.link,
-        seed=p.seed,
-        images=Path(p.images) if p.images else None,
-        **p.options(),
-    )
+    return run_import(**p.model_dump(exclude={"dataset"}), name=p.dataset)
 
 
 @flow(name="import-dataset", log_prints=True)
 def import_flow(params: ImportParams) -> dict:
     """Import ``params.dataset`` into ``params.out``; publish the import report."""
-    report = run_import(params)
+    report = import_task(params)
     create_table_artifact(
         key=f"import-{params.dataset}",
         table=[{"split": s, **counts} for s, counts in report.counts.items()],

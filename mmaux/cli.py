@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -125,31 +124,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-IMPORT_OPTIONS = ("text_file", "task", "fold")
-
-
 def cmd_import(args: argparse.Namespace) -> int:
-    from mmaux.importers import ImportFailed, get_importer
+    from mmaux.importers import OPTIONS, ImportFailed, run_import
 
-    importer = get_importer(args.dataset)
-    options = {k: getattr(args, k) for k in IMPORT_OPTIONS if getattr(args, k) is not None}
-    accepted = inspect.signature(importer).parameters
-    for key in options:
-        if key not in accepted:
-            flag = "--" + key.replace("_", "-")
-            print(f"error: {flag} is not an option of the {args.dataset} importer", file=sys.stderr)
-            return 2
-    if "text_file" in options:
-        options["text_file"] = Path(options["text_file"])
     try:
-        report = importer(
-            Path(args.src),
-            Path(args.out),
+        report = run_import(
+            args.dataset,
+            args.src,
+            args.out,
             on_missing=args.on_missing,
             link=args.link,
             seed=args.seed,
-            images=Path(args.images) if args.images else None,
-            **options,
+            images=args.images,
+            **{k: getattr(args, k) for k in OPTIONS},
         )
     except ImportFailed as err:
         print(f"error: {err}", file=sys.stderr)
