@@ -42,7 +42,7 @@ from mmaux.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from mmaux.config import Config, dump_config
+from mmaux.config import Config, TrainConfig, dump_config
 from mmaux.data.manifest import Manifest, write_skip_report
 from mmaux.distributed import (
     DistInfo,
@@ -169,7 +169,7 @@ def _truncate_jsonl(path: Path, keep) -> None:
 
 
 def build_optimizer(
-    model: MultimodalClassifier, t: Any, device: torch.device
+    model: MultimodalClassifier, t: TrainConfig, device: torch.device
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters: encoder vs head learning rates, no weight decay
     on biases, norms and the logit scale; the fused kernel on CUDA."""
@@ -247,9 +247,9 @@ class Trainer:
         self.final_splits = final_splits  # evaluated with the best weights at the end
         self.run_dir = Path(cfg.train.output_dir)
         self.device = resolve_device(cfg.train.device)
-        self._owns_group = not torch.distributed.is_initialized()
+        joined_before = torch.distributed.is_initialized()
         self.dist = init_from_env(self.device.type)
-        self._owns_group = self._owns_group and self.dist.enabled
+        self._owns_group = self.dist.enabled and not joined_before
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
@@ -296,6 +296,15 @@ class Trainer:
         itm_gen.set_state(rng["itm"])
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
+
+    def _seed_rank_streams(self, itm_gen: torch.Generator, step: int) -> None:
+        """Ranks above 0 draw their own dropout masks and ITM pairs (slices of a batch must
+        differ), derived from the seed, rank and step; rank 0 keeps the single-process
+        streams."""
+        if self.dist.rank > 0:
+            offset = self.cfg.train.seed + 1_000_003 * self.dist.rank + step
+            torch.manual_seed(offset)
+            itm_gen.manual_seed(offset + 7919)
 
     def _batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -379,14 +388,9 @@ class Trainer:
             else None
         )
         optimizer = self._optimizer(model)
-        # Rank 0 keeps the single-process random streams; other ranks get their own
-        # (dropout masks and ITM pairs must differ between slices of a batch).
         # On the training device, so ITM sampling never waits on the host.
-        itm_gen = torch.Generator(device=self.device).manual_seed(
-            t.seed + 7919 + 104_729 * self.dist.rank
-        )
-        if self.dist.rank > 0:
-            torch.manual_seed(t.seed + 1_000_003 * self.dist.rank)
+        itm_gen = torch.Generator(device=self.device).manual_seed(t.seed + 7919)
+        self._seed_rank_streams(itm_gen, step=0)
         state: dict[str, Any] = {
             "epoch": 0,
             "micro_in_epoch": 0,
@@ -410,10 +414,7 @@ class Trainer:
                 )
             state.update(saved)
             self._set_rng_state(rng, itm_gen)
-            if self.dist.rank > 0:  # the checkpoint holds rank 0's streams: derive this rank's
-                offset = 1_000_003 * self.dist.rank + state["global_step"]
-                torch.manual_seed(t.seed + offset)
-                itm_gen.manual_seed(t.seed + 7919 + offset)
+            self._seed_rank_streams(itm_gen, step=state["global_step"])  # it saved rank 0's
             step = state["global_step"]
             _truncate_jsonl(self.run_dir / "steps.jsonl", lambda r: r["step"] <= step)
             _truncate_jsonl(self.run_dir / "epochs.jsonl", lambda r: r["epoch"] < state["epoch"])
@@ -450,6 +451,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             step_fn = DistributedDataParallel(step_fn, device_ids=ids)
+        no_sync = getattr(step_fn, "no_sync", None)  # DDP: skip all-reduce while accumulating
         val_loader = asm.loader("val", cfg.eval.batch_size, device=self.device)
         # One loader for the whole run (its workers persist); each epoch sets its batches.
         epoch_plan = EpochBatches()
@@ -481,7 +483,6 @@ class Trainer:
                     batch = self._batch(batch)
                     last = state["micro_in_epoch"] + 1 == len(batches)
                     sync = (state["micro_in_epoch"] + 1) % accum == 0 or last
-                    no_sync = getattr(step_fn, "no_sync", None)
                     with (
                         no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
                     ):
