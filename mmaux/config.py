@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -164,6 +164,12 @@ class TrainConfig(_Section):
     class_weights: Literal["balanced", "none"] = "balanced"
     cache_image_features: bool = Field(True, description="cache frozen image features")
     checkpoint_every_steps: int = Field(0, ge=0, description="0 = at each epoch end only")
+    log_every_steps: int = Field(
+        10,
+        ge=1,
+        description="read the loss terms from the device (log, progress bar, callbacks, "
+        "stop requests, non-finite check) every N optimizer steps",
+    )
     num_workers: int = Field(0, ge=0, description="loader worker processes (kept alive)")
     compile: bool = Field(False, description="torch.compile the model and its losses")
     deterministic: bool = Field(
