@@ -2,12 +2,13 @@
 
 For each loss configuration (a row) a fresh model is built through mmaux's own
 ``build_model`` path and trained on one synthetic batch that lives on the device, so the
-figures are the model's and not the input pipeline's. A training step is exactly the
-trainer's: forward and losses via :func:`mmaux.losses.compute_losses` under the configured
-autocast, backward, gradient clipping, AdamW step (fused on CUDA), ``zero_grad`` and the
-logit-scale clamp. Each row reports samples/s, ms/step, the step time relative to ``ce``,
-peak memory (GPU on CUDA, process RSS on CPU), model FLOPs per step, achieved TFLOP/s and
-model FLOPs utilisation (MFU).
+figures are the model's and not the input pipeline's. A training step is the trainer's
+own code, imported from :mod:`mmaux.train_step`: ``forward_backward`` (forward and losses
+under the configured autocast, backward), ``optimizer_step`` (gradient clipping, AdamW,
+fused on CUDA, ``zero_grad``, the logit-scale clamp) and the :class:`LossMeter` that keeps
+the loss on the device and reads it every ``--log-every-steps`` steps. Each row reports
+samples/s, ms/step, the step time relative to ``ce``, peak memory (GPU on CUDA, process RSS
+on CPU), model FLOPs per step, achieved TFLOP/s and model FLOPs utilisation (MFU).
 
 Rows: ``ce`` (aux weights 0), ``+itc``, ``+itm-random``, ``+itc+itm`` (random negatives),
 ``+itc+itm-hard`` (ALBEF/BLIP hard negatives; mmaux needs ITC for them) and ``naive-itm``:
@@ -64,6 +65,7 @@ from mmaux.assemble import assemble  # noqa: E402
 from mmaux.config import Config, SynthConfig, load_config  # noqa: E402
 from mmaux.data.dataset import collate_posts  # noqa: E402
 from mmaux.data.synth import generate  # noqa: E402
+from mmaux.distributed import SINGLE  # noqa: E402
 from mmaux.losses import (  # noqa: E402
     LossTerms,
     balanced_class_weights,
@@ -79,12 +81,19 @@ from mmaux.models.encoders import (  # noqa: E402
     resolve_text_source,
 )
 from mmaux.runtime import (  # noqa: E402
-    autocast,
     resolve_device,
     resolve_precision,
     seed_everything,
 )
-from mmaux.training import EpochBatches, build_optimizer, epoch_batches  # noqa: E402
+from mmaux.train_step import (  # noqa: E402
+    LossMeter,
+    build_optimizer,
+    forward_backward,
+    itm_generator,
+    optimizer_step,
+    training_step_fn,
+)
+from mmaux.training import EpochBatches, epoch_batches  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 4
@@ -408,18 +417,20 @@ def bench_row(ctx: Context, name: str, batch: dict[str, torch.Tensor]) -> dict[s
         else None
     )
     accum = cfg.train.grad_accum_steps
+    step_fn = training_step_fn(model, SINGLE, device, compile=False)
+    if spec.naive_itm:
 
-    def forward_backward(gen: torch.Generator) -> LossTerms:
-        with autocast(device, precision):
-            if spec.naive_itm:
-                terms = naive_itm_losses(model, batch, cfg, class_weight, gen)
-            else:
-                terms, _ = compute_losses(model, batch, cfg.aux, class_weight, gen)
-        (terms.total / accum).backward()
-        return terms
+        def step_fn(batch, aux, class_weight, gen):  # type: ignore[no-redef]
+            return naive_itm_losses(model, batch, cfg, class_weight, gen), None
+
+    def micro_step(gen: torch.Generator) -> LossTerms:
+        """The trainer's micro-step: mmaux.train_step.forward_backward."""
+        return forward_backward(
+            step_fn, batch, cfg.aux, class_weight, gen, device, precision, accum
+        )
 
     flops, per_op = count_flops(
-        lambda: forward_backward(torch.Generator(device=device).manual_seed(args.seed + 7919))
+        lambda: micro_step(torch.Generator(device=device).manual_seed(args.seed + 7919))
     )
     model.zero_grad(set_to_none=True)
 
@@ -427,19 +438,19 @@ def bench_row(ctx: Context, name: str, batch: dict[str, torch.Tensor]) -> dict[s
     trainable = [p for p in model.parameters() if p.requires_grad]
     if args.compile:
         model.compile()
-    itm_gen = torch.Generator(device=device).manual_seed(args.seed + 7919)  # as the trainer
+    itm_gen = itm_generator(device, args.seed)  # as the trainer
+    meter = LossMeter(device)
+    log_every = args.log_every_steps
+    done = 0
 
     def step() -> None:
-        terms = forward_backward(itm_gen)
-        if args.log_every_step:  # the trainer reads every loss term each step ...
-            terms.as_floats()
-        if cfg.train.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.clamp_logit_scale()
-        if args.log_every_step and model.logit_scale is not None:  # ... and the logit scale
-            float(model.logit_scale.detach().exp())
+        """The trainer's step: micro-step, optimizer_step, and the loss read at log points."""
+        nonlocal done
+        meter.add(micro_step(itm_gen))
+        optimizer_step(model, optimizer, trainable, cfg.train.max_grad_norm)
+        done += 1
+        if log_every and done % log_every == 0:
+            meter.read(SINGLE, logit_scale=model.logit_scale)
 
     _sync(device)
     _reset_peak_memory(device)
@@ -676,7 +687,7 @@ def environment(ctx: Context) -> dict[str, Any]:
         "precision": ctx.precision,
         "compile": bool(args.compile),
         "deterministic": bool(args.deterministic),
-        "log_every_step": bool(args.log_every_step),
+        "log_every_steps": args.log_every_steps,
         "batch_size": args.batch_size,
         "text_length": args.text_length,
         "image_size": preset.image_size,
@@ -736,9 +747,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="deterministic kernels, as `mmaux train` sets them (seed_everything)",
     )
     p.add_argument(
-        "--log-every-step",
-        action="store_true",
-        help="read every loss term to the host each step, as the trainer's logging does",
+        "--log-every-steps",
+        type=int,
+        default=10,
+        help="read the loss terms to the host every N steps, as the trainer does with "
+        "train.log_every_steps (default 10, params.yaml's; 1: every step, as before the "
+        "sync removal; 0: never)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this run")
     p.add_argument("--seed", type=int, default=0)
@@ -840,7 +854,7 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"- device: {env['device_name']} ({env['device']}), torch {env['torch']}, "
         f"precision {env['precision']}, compile {env['compile']}, "
-        f"deterministic {env['deterministic']}, per-step loss logging {env['log_every_step']}",
+        f"deterministic {env['deterministic']}, loss read every {env['log_every_steps']} steps",
         f"- batch {env['batch_size']}, text length {env['text_length']} (lengths uniform in "
         f"[L/4, L], padded to L), image {env['image_size']} px, {NUM_CLASSES} classes; "
         f"{env['warmup']} warm-up + {env['steps']} timed steps per row",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from prefect import flow
@@ -13,17 +14,29 @@ from mmaux.ablation import VARIANTS, format_table, run_ablation
 from mmaux.config import Config
 from mmaux.training import train
 
+log = logging.getLogger(__name__)
 
-def _tracked_train(cfg: Config):
-    from mmaux.tracking import MlflowCallback, MlflowService, log_config, log_result, run_tags
+
+def _tracked_train(cfg: Config, resume: bool = False):
+    from mmaux.tracking import (
+        MlflowCallback,
+        MlflowService,
+        first_line,
+        log_config,
+        log_result,
+        run_tags,
+    )
 
     service = MlflowService(cfg.tracking)
     service.start()
     name = Path(cfg.train.output_dir)
     with service.run(f"{name.parent.name}-{name.name}", tags={**run_tags(), "stage": "ablation"}):
         log_config(cfg)
-        result = train(cfg, callbacks=[MlflowCallback()])
-        log_result(result)
+        result = train(cfg, resume=resume, callbacks=[MlflowCallback(service)])
+        try:
+            log_result(result)
+        except Exception as err:  # the comparison is local: keep training the other variants
+            log.warning("MLflow: %s not fully logged (%s)", cfg.train.output_dir, first_line(err))
     return result
 
 

@@ -14,6 +14,7 @@ from flows.common import (
     REPORTS,
     StageParams,
     cli_params,
+    init_stage_process,
     write_json,
 )
 from mmaux.evaluation import evaluate_run, write_predictions
@@ -75,17 +76,22 @@ def evaluate_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
     if cfg.tracking.enabled and train_report.is_file():
         run_id = json.loads(train_report.read_text()).get("mlflow_run_id")
         if run_id:
-            from mmaux.tracking import MlflowService
+            from mmaux.tracking import MlflowService, TrackingError, first_line
 
-            service = MlflowService(cfg.tracking)
-            service.start()
-            client = service.client()
-            for k in ("macro_f1", "weighted_f1", "accuracy"):
-                client.log_metric(run_id, f"eval/{metrics['split']}/{k}", metrics[k])
+            try:  # the reports above are written: a retry of this stage is cheap
+                service = MlflowService(cfg.tracking)
+                service.start()
+                client = service.client()
+                for k in ("macro_f1", "weighted_f1", "accuracy"):
+                    client.log_metric(run_id, f"eval/{metrics['split']}/{k}", metrics[k])
+            except Exception as err:
+                msg = f"MLflow: cannot log the evaluation to run {run_id} ({first_line(err)})"
+                raise TrackingError(msg) from err
     create_markdown_artifact(key="evaluation", markdown=f"```\n{format_report(metrics)}\n```")
     print(format_report(metrics))
     return headline
 
 
 if __name__ == "__main__":
+    init_stage_process()
     evaluate_flow(cli_params(__doc__))

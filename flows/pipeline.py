@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.common import DEFAULT_PARAMS, StageParams, cli_params
+from flows.common import DEFAULT_PARAMS, StageParams, cli_params, init_stage_process
 from flows.evaluate import evaluate_flow
 from flows.preprocess import preprocess_flow
 from flows.train import train_flow
@@ -24,4 +24,5 @@ def pipeline_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
 
 
 if __name__ == "__main__":
+    init_stage_process()
     pipeline_flow(cli_params(__doc__))

@@ -5,7 +5,14 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from flows.common import DEFAULT_PARAMS, REPORTS, StageParams, cli_params, write_json
+from flows.common import (
+    DEFAULT_PARAMS,
+    REPORTS,
+    StageParams,
+    cli_params,
+    init_stage_process,
+    write_json,
+)
 from mmaux.preprocess import preprocess
 
 
@@ -30,4 +37,5 @@ def preprocess_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
 
 
 if __name__ == "__main__":
+    init_stage_process()
     preprocess_flow(cli_params(__doc__))

@@ -1,9 +1,13 @@
-"""Stage 3: Optuna search of the ITC/ITM weights; trials are nested MLflow runs."""
+"""Stage 3: Optuna search of the ITC/ITM weights; trials are nested MLflow runs.
+
+While ``tune.enabled``, the searched ``aux`` keys of params.yaml are neither read nor hashed
+into the study name (:func:`mmaux.tuning.study_name`); with ``tune.enabled=false`` the stage
+only records that the search is off (the train stage then uses ``aux`` as it is).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,40 +15,28 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from flows.common import DEFAULT_PARAMS, PLOTS, StageParams, cli_params, write_json
-from mmaux.config import Config, dump_config
+from flows.common import (
+    DEFAULT_PARAMS,
+    PLOTS,
+    StageParams,
+    cli_params,
+    init_stage_process,
+    write_json,
+)
+from mmaux.fsio import atomic_write_text
 
-
-def study_name(cfg: Config) -> str:
-    """The study name plus a hash of what the trials depend on: re-running with the same
-    setup continues the study; a changed search space or base config starts a new one."""
-    raw = dump_config(cfg)
-    basis = {k: raw[k] for k in ("data", "model", "aux", "train")}
-    basis["tune"] = {k: v for k, v in raw["tune"].items() if k not in ("n_trials", "enabled")}
-    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{cfg.tune.study_name}-{digest}"
-
-
-def _fixed_params(cfg: Config) -> dict:
-    """Search off: the train stage uses params.yaml's aux weights as they are."""
-    a = cfg.aux
-    params = {
-        "aux.itc_weight": a.itc_weight,
-        "aux.itm_weight": a.itm_weight,
-        "aux.itm_negatives": a.itm_negatives,
-    }
-    return {"params": params, "value": None, "trial": None, "study": None, "n_complete": 0}
+SEARCH_OFF = {"enabled": False, "params": {}, "value": None, "trial": None, "study": None}
 
 
 @task
 def search(params: StageParams) -> dict:
-    from mmaux.tuning import tune
+    from mmaux.tuning import study_name, tune
 
     cfg = params.config("train.progress=false")
-    cfg.tune.study_name = study_name(cfg)  # validated assignment
     if not cfg.tune.enabled:
-        write_json(cfg.tune.best_params, _fixed_params(cfg))
-        return {"history": [], "best": _fixed_params(cfg)}
+        write_json(cfg.tune.best_params, SEARCH_OFF)
+        return {"history": [], "best": SEARCH_OFF}
+    cfg.tune.study_name = study_name(cfg)  # validated assignment
     hook = None
     parent = contextlib.nullcontext()
     if cfg.tracking.enabled:
@@ -62,7 +54,7 @@ def search(params: StageParams) -> dict:
                 tags={"stage": "tune", "optuna.trial": str(trial.number)},
             ):
                 log_config(trial_cfg)
-                yield [MlflowCallback()]
+                yield [MlflowCallback(service)]
 
     with parent:
         result = tune(cfg, trial_hook=hook, out_dir=Path("tuning"))
@@ -87,10 +79,9 @@ def tune_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
         }
         for h in out["history"]
     ]
-    PLOTS.mkdir(parents=True, exist_ok=True)
     lines = ["trial,state,val_macro_f1"]
     lines += [f"{r['trial']},{r['state']},{'' if r['value'] is None else r['value']}" for r in rows]
-    (PLOTS / "tuning.csv").write_text("\n".join(lines) + "\n")
+    atomic_write_text(PLOTS / "tuning.csv", "\n".join(lines) + "\n")
     create_table_artifact(
         key="tuning-trials",
         table=rows or [{"search": "disabled"}],
@@ -101,4 +92,5 @@ def tune_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
 
 
 if __name__ == "__main__":
+    init_stage_process()
     tune_flow(cli_params(__doc__))

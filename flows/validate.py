@@ -1,11 +1,19 @@
-"""Stage 1: validate the data with Great Expectations before anything trains."""
+"""Stage 1: validate the data before anything trains: the data rulebook (``data.rules``, the
+loader's own verdict) run as a Great Expectations checkpoint with Data Docs."""
 
 from __future__ import annotations
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import DEFAULT_PARAMS, REPORTS, StageParams, cli_params, write_json
+from flows.common import (
+    DEFAULT_PARAMS,
+    REPORTS,
+    StageParams,
+    cli_params,
+    init_stage_process,
+    write_json,
+)
 from mmaux.validation import DataValidationError, ValidationReport, validate_data
 
 
@@ -27,20 +35,22 @@ def run_expectations(params: StageParams) -> ValidationReport:
         cfg.data.root,
         cfg.data.manifest,
         cfg.data.labels,
-        cfg.validation,
+        cfg.data.rules,
         docs_dir=cfg.validation.docs_dir,
+        check_images=cfg.data.check_images,
     )
 
 
 @flow(name="validate", log_prints=True)
 def validate_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
-    """Run the expectation suite; write reports/validation.json; fail on bad data."""
+    """Run the rulebook checkpoint; write reports/validation.json; fail on any error
+    (warnings are reported, and do not fail)."""
     report = run_expectations(params)
     write_json(REPORTS / "validation.json", report.to_dict())
     create_markdown_artifact(
         key="data-validation",
         markdown=f"```\n{report.summary()}\n```\n\nData Docs: `{report.docs_index}`",
-        description="Great Expectations result for the manifest",
+        description="Data rulebook (Great Expectations checkpoint) result for the manifest",
     )
     print(report.summary())
     if not report.success:
@@ -49,4 +59,5 @@ def validate_flow(params: StageParams = DEFAULT_PARAMS) -> dict:
 
 
 if __name__ == "__main__":
+    init_stage_process()
     validate_flow(cli_params(__doc__))

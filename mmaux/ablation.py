@@ -102,10 +102,11 @@ def run_ablation(
     seeds: Sequence[int],
     out_dir: Path,
     variants: Sequence[str] = VARIANTS,
-    train_fn: Callable[[Config], Any] | None = None,
+    train_fn: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Train every variant on every seed; write ``runs.jsonl``, ``summary.json`` and
-    ``table.md`` to ``out_dir``. Finished runs (with a ``metrics.json``) are reused."""
+    ``table.md`` to ``out_dir``. Finished runs (with a ``metrics.json``) are reused and
+    interrupted ones resumed (``train_fn`` is called with ``resume=True``)."""
     from mmaux.training import train
 
     train_fn = train_fn or train
@@ -118,7 +119,7 @@ def run_ablation(
             metrics_path = Path(cfg.train.output_dir) / "metrics.json"
             if not metrics_path.is_file():
                 started = time.perf_counter()
-                train_fn(cfg)
+                train_fn(cfg, resume=True)
                 wall = time.perf_counter() - started
             else:
                 wall = float("nan")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def load_data(cfg: Config) -> Manifest:
-    """Load and validate the configured manifest."""
+    """Load the configured manifest, judged by the data rulebook (``data.rules``)."""
     root = Path(cfg.data.root)
     return load_manifest(
         root / cfg.data.manifest,
@@ -35,6 +35,7 @@ def load_data(cfg: Config) -> Manifest:
         labels=cfg.data.labels,
         on_error=cfg.data.on_error,
         check_images=cfg.data.check_images,
+        rules=cfg.data.rules,
     )
 
 
@@ -50,6 +51,30 @@ class Assembly:
     datasets: dict[str, PostDataset] = field(default_factory=dict)
     features_from_cache: bool | None = None
     pixels_from_cache: bool | None = None
+    channels_last: bool = False
+
+    def prepare_channels_last(self, device: torch.device) -> None:
+        """Channels-last for a convolutional image encoder that runs on CUDA (tensor cores
+        read NHWC natively); ViTs and cached features are left alone."""
+        enc = self.model.image_encoder
+        self.channels_last = bool(
+            self.cfg.train.channels_last
+            and device.type == "cuda"
+            and enc is not None
+            and any(isinstance(m, torch.nn.Conv2d) for m in enc.modules())
+            and not self.features_from_cache
+        )
+        if self.channels_last:
+            enc.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+
+    def to_device(
+        self, batch: dict[str, torch.Tensor], device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """A loader batch on the training device (non-blocking from pinned memory)."""
+        out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if self.channels_last and "pixel_values" in out:
+            out["pixel_values"] = out["pixel_values"].contiguous(memory_format=torch.channels_last)
+        return out
 
     @property
     def pad_id(self) -> int:
@@ -121,10 +146,15 @@ def assemble(
                 model.fusion.needs_image_tokens,
                 device,
                 progress=progress,
+                max_pixels=cfg.data.rules.max_image_pixels,
             )
         else:  # a trainable encoder sees pixels: decode and resize each image only once
             rows, tensor, asm.pixels_from_cache = cached_pixels(
-                manifest.root, [p.image for p in posts], transform, cfg.data.cache_dir
+                manifest.root,
+                [p.image for p in posts],
+                transform,
+                cfg.data.cache_dir,
+                max_pixels=cfg.data.rules.max_image_pixels,
             )
             pixels = ImagePixels(rows, tensor, split_transform(transform)[1])
     tokenizer = text.tokenizer if text is not None else None

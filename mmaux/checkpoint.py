@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mmaux.fsio import atomic_target, unique_tmp
+
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Parameters that train, plus every persistent buffer (BN statistics etc.)."""
@@ -30,12 +32,9 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(trainable_state(model), str(tmp))
-    tmp.replace(path)
-    return path
+    with atomic_target(Path(path)) as tmp:
+        save_file(trainable_state(model), str(tmp))
+    return Path(path)
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -88,30 +87,36 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor],
     state: dict[str, Any],
 ) -> Path:
-    """Write a complete checkpoint, replacing ``directory`` atomically."""
+    """Write a complete checkpoint, replacing ``directory`` atomically: the new one is
+    written under a name unique to this process, the old one renamed aside (``.old``), the
+    new one renamed in, the old one deleted."""
     directory = Path(directory)
-    new = directory.with_name(directory.name + ".new")
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    save_file(trainable_state(model), str(new / "model.safetensors"))
-    tensors, meta = _optimizer_to_files(optimizer)
-    save_file(tensors, str(new / "optimizer.safetensors"))
-    (new / "optimizer.json").write_text(json.dumps(meta))
-    save_file({k: v.contiguous() for k, v in rng.items()}, str(new / "rng.safetensors"))
-    (new / "state.json").write_text(json.dumps(state, indent=1))
-    if directory.exists():
+    new = unique_tmp(directory)
+    try:
+        new.mkdir(parents=True)
+        save_file(trainable_state(model), str(new / "model.safetensors"))
+        tensors, meta = _optimizer_to_files(optimizer)
+        save_file(tensors, str(new / "optimizer.safetensors"))
+        (new / "optimizer.json").write_text(json.dumps(meta))
+        save_file({k: v.contiguous() for k, v in rng.items()}, str(new / "rng.safetensors"))
+        (new / "state.json").write_text(json.dumps(state, indent=1, allow_nan=False))
+        old = unique_tmp(directory).with_suffix(".old")
+        if directory.exists():
+            directory.rename(old)
+        new.rename(directory)
         shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-    new.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
     return directory
 
 
 def find_checkpoint(directory: Path) -> Path | None:
     """The checkpoint directory to resume from (falls back to one left mid-swap)."""
     directory = Path(directory)
-    for cand in (directory, directory.with_name(directory.name + ".old")):
+    aside = sorted(
+        directory.parent.glob(f".{directory.name}.*.old"), key=lambda p: p.stat().st_mtime
+    )
+    for cand in (directory, *reversed(aside)):
         if (cand / "state.json").is_file():
             return cand
     return None
@@ -130,3 +135,21 @@ def load_checkpoint(
     rng = load_file(str(directory / "rng.safetensors"))
     state = json.loads((directory / "state.json").read_text())
     return rng, state
+
+
+def rng_state(itm_gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """The RNG states a resumed run needs: torch's, the ITM sampler's and CUDA's."""
+    state = {"torch": torch.get_rng_state(), "itm": itm_gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(
+    rng: dict[str, torch.Tensor], itm_gen: torch.Generator, device: torch.device
+) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(rng["torch"])
+    itm_gen.set_state(rng["itm"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import yaml
@@ -66,24 +67,41 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from mmaux.assemble import load_data
-    from mmaux.data.manifest import write_skip_report
+    """Judge the manifest with the data rulebook (``data.rules``): list every error and
+    warning; exit 1 on any error, 0 with warnings only."""
+    from mmaux.data.manifest import SPLITS, read_dataset_info, write_skip_report
+    from mmaux.data.rules import LEAK_KINDS, check_manifest
 
-    cfg = _cfg(args, ["data.on_error=skip"])
-    manifest = load_data(cfg)
-    print(
-        f"{manifest.source}: {len(manifest.posts)} usable posts, {len(manifest.skipped)} bad rows"
+    cfg = _cfg(args)
+    root = Path(cfg.data.root)
+    labels = cfg.data.labels or list(read_dataset_info(root)["labels"])
+    verdict = check_manifest(
+        root / cfg.data.manifest, root, labels, cfg.data.rules, cfg.data.check_images
     )
-    for split, counts in manifest.counts().items():
+    errors, warnings = verdict.errors(), verdict.warnings()
+    usable = [rv.row for rv in verdict.accepted() if rv.row is not None]
+    print(
+        f"{verdict.file}: {len(verdict.rows)} rows, {len(usable)} usable posts, "
+        f"{len(errors)} error(s), {len(warnings)} warning(s)"
+    )
+    for split in SPLITS:
+        counts = {
+            lab: sum(r["split"] == split and r["label"] == lab for r in usable) for lab in labels
+        }
         print(f"  {split:<5} " + "  ".join(f"{k}={v}" for k, v in counts.items()))
-    if manifest.skipped:
-        for problem in manifest.skipped[:20]:
-            print(f"  {problem}", file=sys.stderr)
-        if args.report:
-            write_skip_report(manifest.skipped, Path(args.report))
-            print(f"bad rows written to {args.report}", file=sys.stderr)
-        return 1
-    return 0
+    leaks = "  ".join(
+        f"{k}={verdict.leak_groups[k]}" for k in LEAK_KINDS if k in verdict.leak_groups
+    )
+    print(f"  leakage across splits (groups): {leaks or 'not checked'}")
+    for kind, found in (("error", errors), ("warning", warnings)):
+        for finding in found[:20]:
+            print(f"  {kind}: {finding} [{finding.rule}]", file=sys.stderr)
+        if len(found) > 20:
+            print(f"  ... and {len(found) - 20} more {kind}(s)", file=sys.stderr)
+    if args.report:
+        write_skip_report(errors + warnings, Path(args.report))
+        print(f"errors and warnings written to {args.report}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -182,13 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check every manifest row and image; list bad rows",
-        description="Load the manifest and check every row (fields, empty text, "
-        "unknown labels, duplicate ids, images present, decodable and inside the "
-        "data root). Exit 1 when any row is bad.",
+        help="check the data with the rulebook; list errors and warnings",
+        description="Judge the manifest with the data rulebook (data.rules), as training "
+        "and the validate stage do: UTF-8 bytes, fields, empty, invisible-only or over-long "
+        "text, labels, splits, duplicate ids, images inside the data root, present, within "
+        "data.rules.max_image_pixels and decodable, leakage across splits and class "
+        "balance. Exit 1 on any error; warnings (by data.rules severities) are listed.",
     )
     _common(p)
-    p.add_argument("--report", help="write bad rows as JSON Lines to this file")
+    p.add_argument(
+        "--report", help="write errors and warnings as JSON Lines (file, line, rule, ...)"
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
@@ -289,9 +311,45 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(error_message(err), file=sys.stderr)
         return 2
+
+
+# Errors the user can fix (bad config or overrides, missing or existing files, bad data, an
+# unloadable model, the trainer's refusals): one line on stderr, exit code 2, no traceback
+# unless --verbose. Other exceptions are bugs and keep their traceback.
+_USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, OSError)
+_LAZY_USER_ERRORS = (("mmaux.models.encoders", "EncoderLoadError"),)  # heavy imports
+_LISTED_ERRORS = (("mmaux.data.manifest", "ManifestError"),)  # headline, then the bad rows
+
+
+def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[Exception], ...]:
+    """The named exception classes whose modules are imported (else none can be raised)."""
+    found = (getattr(sys.modules.get(module), name, None) for module, name in names)
+    return tuple(cls for cls in found if isinstance(cls, type))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    return (*_USER_ERRORS, *_loaded(_LAZY_USER_ERRORS))
+
+
+def error_message(err: BaseException) -> str:
+    """``error: ...`` on one line (a multi-line message is joined with "; "); a manifest
+    error keeps its listing of bad rows on the following lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return f"error: {type(err).__name__}"
+    if isinstance(err, _loaded(_LISTED_ERRORS)):
+        return "\n".join([f"error: {lines[0]}", *(f"  {line}" for line in lines[1:])])
+    return f"error: {'; '.join(lines)}"
 
 
 if __name__ == "__main__":

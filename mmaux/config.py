@@ -6,6 +6,7 @@ flows. Unknown keys and bad values are rejected with a message naming the key.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,64 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+Severity = Literal["error", "warn", "off"]
+
+
+class LeakageConfig(_Section):
+    """Posts shared across splits, among rows that pass the row rules (texts compared after
+    normalisation: NFKC, case, punctuation, invisible characters and spacing ignored).
+
+    ``error`` rejects the copies outside the earliest split (train < val < test), ``warn``
+    keeps them and reports them, ``off`` does not check.
+    """
+
+    # The same text with a byte-identical image is the same post: a real leak. The embedded
+    # data set has none.
+    pairs: Severity = Field("error", description="same text and byte-identical image")
+    # In multimodal data the image may change the label of a text (the embedded data set's
+    # labels are about text-image match: 19 of its texts recur across splits with another
+    # label, by design), so this is a warning; a meme set where it means label noise can
+    # make it an error.
+    conflicting_texts: Severity = Field("warn", description="same text, different labels")
+    # Short, common texts recur across splits in real data (the embedded set shares 36).
+    texts: Severity = Field("warn", description="same text")
+    # Stock images and templates recur with different captions (memes).
+    images: Severity = Field("warn", description="byte-identical image")
+
+
+class DataRulesConfig(_Section):
+    """The data rulebook's limits and severities (see :mod:`mmaux.data.rules`): the same for
+    the loader, ``mmaux validate``, the validate stage and the importers."""
+
+    # Far above any post (the embedded set's longest text is 93 characters; the tokenizer
+    # reads data.max_text_length tokens); a longer text is a broken row, e.g. a file pasted
+    # into one field.
+    max_text_chars: int = Field(5000, ge=1, description="longest allowed post text")
+    # Read from the image header before decoding: 50 MP covers the largest phone photos
+    # (48 MP, 150 MB as RGB), and refuses decompression bombs long before PIL's own 179 MP.
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="largest allowed image width * height"
+    )
+    # The previous validation.* bounds: a label under 5 % or over 80 % of train is worth a
+    # look (a broken import or label map); the embedded set's labels are 23-29 %.
+    min_class_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="each label's minimum share of the train split"
+    )
+    max_class_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="each label's maximum share of the train split"
+    )
+    # A warning: the trainer weights classes (train.class_weights: balanced), and small or
+    # skewed sets (a fold without a rare class) are still trainable; "error" stops on it.
+    class_balance: Severity = Field("warn", description="labels outside the bounds")
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DataRulesConfig:
+        if self.min_class_fraction > self.max_class_fraction:
+            raise ValueError("min_class_fraction must be <= max_class_fraction")
+        return self
+
+
 class DataConfig(_Section):
     """Where the manifest lives and how posts become tensors."""
 
@@ -40,6 +99,7 @@ class DataConfig(_Section):
         160, ge=16, le=1024, description="encoder input size; null uses the encoder's own"
     )
     cache_dir: Path = Field(Path("data/processed"), description="preprocessing caches")
+    rules: DataRulesConfig = Field(default_factory=DataRulesConfig)
 
     @model_validator(mode="after")
     def _labels_unique(self) -> DataConfig:
@@ -188,23 +248,9 @@ class EvalConfig(_Section):
 
 
 class ValidationConfig(_Section):
-    """Data checks run before anything trains (Great Expectations)."""
+    """The validate stage (Great Expectations); its rules are ``data.rules``."""
 
-    min_class_fraction: float = Field(
-        0.05, ge=0.0, le=1.0, description="each label's minimum share of the train split"
-    )
-    max_class_fraction: float = Field(
-        0.8, ge=0.0, le=1.0, description="each label's maximum share of the train split"
-    )
-    max_text_chars: int = Field(5000, ge=1, description="longest allowed post text")
-    leakage: bool = Field(True, description="fail on text+image duplicates across splits")
     docs_dir: Path = Field(Path("reports/data_docs"), description="Data Docs HTML output")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ValidationConfig:
-        if self.min_class_fraction > self.max_class_fraction:
-            raise ValueError("min_class_fraction must be <= max_class_fraction")
-        return self
 
 
 class TuneConfig(_Section):
@@ -251,6 +297,20 @@ class TrackingConfig(_Section):
     experiment: str = "mmaux"
     registered_model: str = "mmaux-classifier"
     champion_alias: str = "champion"
+    # A tracking server that fails must never stall training: every request is bounded.
+    request_timeout_s: int = Field(
+        15, ge=1, description="seconds per HTTP request to a tracking server"
+    )
+    max_retries: int = Field(2, ge=0, le=10, description="retries of a failed HTTP request")
+    backoff_factor: int = Field(
+        1, ge=0, le=120, description="retry backoff: factor * 2**(n-1) s before retry n >= 2"
+    )
+    retry_interval_s: float = Field(
+        30.0, ge=0, description="while the server is down, buffer metrics this long between tries"
+    )
+    buffer_size: int = Field(
+        100_000, ge=1, description="metrics held while the server is down; oldest dropped"
+    )
 
 
 class Config(_Section):
@@ -295,11 +355,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".") if p]
     if not path:
         raise ConfigError(f"override {text!r}: empty key")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return path, None
+    try:
+        return path, yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(
+            f"override {text!r}: the value is not valid YAML ({problem}); quote a string"
+        ) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides to a raw (unvalidated) params dictionary."""
+    """A copy of a raw (unvalidated) params dictionary with ``a.b=value`` overrides applied;
+    ``raw`` itself, nested sections included, is never modified."""
+    raw = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
         node = raw
@@ -315,8 +385,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def config_from_dict(
     raw: dict[str, Any], overrides: list[str] | None = None, source: str = "params"
 ) -> Config:
-    """Validate a raw dictionary (plus overrides) into a :class:`Config`."""
-    raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    """Validate a raw dictionary (plus overrides) into a :class:`Config`; ``raw`` is never
+    modified."""
+    raw = apply_overrides(raw or {}, list(overrides or []))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

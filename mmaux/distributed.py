@@ -111,16 +111,3 @@ def broadcast(obj: Any, info: DistInfo, src: int = 0) -> Any:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def mean_over_ranks(
-    values: dict[str, float], info: DistInfo, device: torch.device
-) -> dict[str, float]:
-    """Average logged scalars over ranks (the same keys on every rank): each rank's loss
-    terms are its share of the global-batch loss, so their mean is the global value."""
-    if not info.enabled:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist(), strict=True)}

@@ -82,39 +82,43 @@ def write_predictions(pred: Predictions, labels: list[str], path: Path) -> Path:
     return path
 
 
+def evaluate_splits(
+    asm: Any,
+    splits: tuple[str, ...],
+    batch_size: int,
+    device: torch.device,
+    precision: str,
+    out_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Metrics of an assembled model on each non-empty split; writes
+    ``predictions_<split>.csv`` to ``out_dir``."""
+    metrics: dict[str, dict[str, Any]] = {}
+    for split in splits:
+        if len(asm.datasets[split]) == 0:
+            continue
+        loader = asm.loader(split, batch_size, device=device)
+        metrics[split], pred = evaluate(asm.model, loader, asm.manifest.labels, device, precision)
+        write_predictions(pred, asm.manifest.labels, Path(out_dir) / f"predictions_{split}.csv")
+    return metrics
+
+
 def evaluate_run(
     run_dir: Path, split: str | None = None, overrides: list[str] | None = None
 ) -> tuple[dict[str, Any], Predictions, list[str]]:
-    """Rebuild a finished run from its ``config.yaml`` and ``model.safetensors`` and evaluate
-    it on ``split`` (default ``eval.split``); returns metrics, predictions and labels."""
-    import json
+    """Rebuild a finished run (:class:`mmaux.prediction.Predictor`, the code the MLflow model
+    runs) and evaluate it on ``split`` (default ``eval.split``) of the configured data set;
+    returns metrics, predictions and labels."""
+    from mmaux.assemble import load_data
+    from mmaux.prediction import Predictor
 
-    import yaml
-
-    from mmaux.assemble import assemble
-    from mmaux.checkpoint import load_weights
-    from mmaux.config import config_from_dict
-    from mmaux.runtime import resolve_device, resolve_precision, seed_everything
-
-    run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
-    if not (run_dir / "model.safetensors").is_file() or not saved.is_file():
-        raise FileNotFoundError(
-            f"{run_dir}: no finished run here (expected config.yaml and model.safetensors)"
-        )
-    cfg = config_from_dict(yaml.safe_load(saved.read_text()), overrides, source=str(saved))
+    predictor = Predictor.from_run(Path(run_dir), overrides)
+    cfg, labels = predictor.cfg, predictor.labels
     split = split or cfg.eval.split
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    # The weights file holds trained weights only; frozen ones are rebuilt from their
-    # source, and a randomly initialised frozen encoder needs the training seed for that.
-    seed_everything(cfg.train.seed)
-    asm = assemble(cfg, device, splits=(split,))
-    load_weights(asm.model, run_dir / "model.safetensors")
-    labels = json.loads((run_dir / "labels.json").read_text())
-    if labels != asm.manifest.labels:
-        raise ValueError(f"label set changed since training: {labels} vs {asm.manifest.labels}")
-    loader = asm.loader(split, cfg.eval.batch_size, device=device)
-    metrics, pred = evaluate(asm.model, loader, labels, device, precision)
+    manifest = load_data(cfg)
+    if labels != manifest.labels:
+        raise ValueError(f"label set changed since training: {labels} vs {manifest.labels}")
+    pred = predictor.predict(manifest.split(split), manifest.root, cfg.train.num_workers)
+    metrics = classification_metrics(pred.labels.tolist(), pred.preds.tolist(), labels)
+    metrics["loss"] = pred.loss
     metrics["split"] = split
     return metrics, pred, labels

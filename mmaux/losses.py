@@ -176,12 +176,17 @@ class LossTerms:
     itm: torch.Tensor | None = None
     itm_acc: torch.Tensor | None = None
 
-    def as_floats(self) -> dict[str, float]:
-        """The terms as Python floats, fetched from the device in one transfer."""
+    def named(self) -> tuple[list[str], list[torch.Tensor]]:
+        """The terms that are on (``loss``, ``ce``, then ``itc``, ``itm``, ``itm_acc``) and
+        their tensors, still on the device."""
         names = ["loss", "ce"] + [
             n for n in ("itc", "itm", "itm_acc") if getattr(self, n) is not None
         ]
-        tensors = [self.total, self.ce] + [getattr(self, n) for n in names[2:]]
+        return names, [self.total, self.ce] + [getattr(self, n) for n in names[2:]]
+
+    def as_floats(self) -> dict[str, float]:
+        """The terms as Python floats, fetched from the device in one transfer."""
+        names, tensors = self.named()
         values = torch.stack([t.detach().float() for t in tensors]).tolist()
         return dict(zip(names, values, strict=True))
 

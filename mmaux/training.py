@@ -3,8 +3,8 @@
 A run directory (``train.output_dir``) receives:
 
 * ``config.yaml``, ``labels.json``: what the run was;
-* ``steps.jsonl``: every loss term at every optimizer step; ``epochs.jsonl``: per-epoch
-  means of every term and the validation metrics;
+* ``steps.jsonl``: the loss terms averaged over every ``train.log_every_steps`` optimizer
+  steps; ``epochs.jsonl``: per-epoch means of every term and the validation metrics;
 * ``checkpoint/``: the full training state, written at each epoch end, every
   ``train.checkpoint_every_steps`` steps and when the run is interrupted (Ctrl-C/SIGTERM);
   removed once the run completes;
@@ -12,7 +12,15 @@ A run directory (``train.output_dir``) receives:
 * ``metrics.json`` and ``predictions_{val,test}.csv``: the final evaluation.
 
 Batch order is a pure function of (seed, epoch), and the RNG states are checkpointed, so a
-resumed run reproduces the uninterrupted run exactly on CPU.
+resumed run reproduces the uninterrupted run exactly on CPU. One step is
+:func:`mmaux.train_step.forward_backward` then :func:`~mmaux.train_step.optimizer_step`;
+the loss terms stay on the device until a log point. Logging, early stopping and
+checkpointing are callbacks (:mod:`mmaux.callbacks`).
+
+Nothing is lost on failure: an unfinished run's checkpoint is never overwritten by a fresh
+run (pass ``resume``), and a fresh run moves the previous outputs aside only once its data
+and model are loaded, deleting them at its first checkpoint and restoring them if it fails
+before.
 """
 
 from __future__ import annotations
@@ -20,13 +28,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,73 +42,75 @@ import yaml
 from tqdm.auto import tqdm
 
 from mmaux.assemble import Assembly, assemble
+from mmaux.callbacks import Callback, Checkpointer, EarlyStopping, RunLog
 from mmaux.checkpoint import (
     find_checkpoint,
     load_checkpoint,
     load_weights,
+    rng_state,
     save_checkpoint,
     save_weights,
+    set_rng_state,
 )
-from mmaux.config import Config, TrainConfig, dump_config
+from mmaux.config import Config, dump_config
 from mmaux.data.manifest import Manifest, write_skip_report
-from mmaux.distributed import (
-    DistInfo,
-    any_rank,
-    barrier,
-    broadcast,
-    init_from_env,
-    mean_over_ranks,
-    shard,
+from mmaux.distributed import any_rank, barrier, broadcast, init_from_env, shard
+from mmaux.evaluation import evaluate, evaluate_splits
+from mmaux.fsio import atomic_write_text, unique_tmp
+from mmaux.losses import balanced_class_weights
+from mmaux.runtime import resolve_device, resolve_precision, seed_everything
+from mmaux.train_step import (
+    LossMeter,
+    NonFiniteLoss,
+    build_optimizer,
+    forward_backward,
+    itm_generator,
+    optimizer_step,
+    training_step_fn,
 )
-from mmaux.evaluation import evaluate, write_predictions
-from mmaux.losses import LossTerms, balanced_class_weights, compute_losses
-from mmaux.models.classifier import ModelOutput, MultimodalClassifier
-from mmaux.runtime import autocast, resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ between an interrupted run and its resumption.
 _RESUME_FREE = {
-    ("train", "epochs"),
-    ("train", "patience"),
-    ("train", "progress"),
-    ("train", "output_dir"),
-    ("train", "num_workers"),
-    ("train", "compile"),
-    ("train", "channels_last"),
-    ("train", "deterministic"),
-    ("train", "checkpoint_every_steps"),
-    ("data", "check_images"),
-    ("data", "on_error"),
-    ("data", "cache_dir"),
-    ("eval", "batch_size"),
-    ("eval", "split"),
-}
+    ("train", k)
+    for k in (
+        "epochs patience progress output_dir num_workers compile channels_last deterministic "
+        "checkpoint_every_steps log_every_steps"
+    ).split()
+} | {("data", "check_images"), ("data", "on_error"), ("data", "cache_dir")}
+_RESUME_FREE |= {("eval", "batch_size"), ("eval", "split")}
+_OUTPUTS = (  # a finished run's files, kept until a fresh run in its directory checkpoints
+    *("config.yaml", "labels.json", "skipped.jsonl", "steps.jsonl", "epochs.jsonl"),
+    *("metrics.json", "model.safetensors", "best.safetensors"),
+    *("predictions_val.csv", "predictions_test.csv", "predictions_train.csv"),
+)
 
-
-class Callback:
-    """Hooks into training; subclass and override what you need (e.g. experiment tracking)."""
-
-    def on_step_end(self, trainer: Trainer, step: int, terms: dict[str, float]) -> None:
-        """After each optimizer step, with that step's loss terms."""
-
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        """After each epoch's validation, with the epoch record."""
-
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
-        """After the final evaluation."""
+__all__ = [
+    "Callback",
+    "NonFiniteLoss",
+    "Trainer",
+    "TrainResult",
+    "TrainingInterrupted",
+    "finished_run",
+    "train",
+    "train_stage",
+]
 
 
 class TrainingInterrupted(RuntimeError):
     """Training stopped on request; the state was checkpointed and can be resumed."""
 
     def __init__(self, checkpoint: Path, step: int):
-        self.checkpoint = checkpoint
-        self.step = step
+        self.checkpoint, self.step = checkpoint, step
         super().__init__(
             f"training interrupted at step {step}; state saved to {checkpoint}. "
             "Run again with --resume to continue."
         )
+
+
+class CheckpointExists(FileExistsError):
+    """A fresh run was asked for where an unfinished run's checkpoint lies."""
 
 
 @dataclass
@@ -117,6 +126,40 @@ class TrainResult:
     @property
     def test_macro_f1(self) -> float:
         return float(self.metrics["test"]["macro_f1"])
+
+    @classmethod
+    def of(cls, run_dir: Path, metrics: dict[str, Any], st: TrainState) -> TrainResult:
+        return cls(
+            run_dir, metrics, st.best_epoch + 1, st.epoch, st.global_step, st.train_seconds,
+            list(st.history),
+        )  # fmt: skip
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint needs besides tensors (saved as ``state.json``)."""
+
+    epoch: int = 0
+    micro_in_epoch: int = 0  # micro-batches done in the current epoch
+    global_step: int = 0  # optimizer steps done
+    best_score: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    meter: dict[str, Any] = field(default_factory=dict)  # LossMeter.state()
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    done: bool = False
+    config: dict[str, Any] = field(default_factory=dict)  # the resume-relevant config
+
+    def summary(self) -> dict[str, Any]:
+        """The counters metrics.json reports."""
+        return {
+            "best_epoch": self.best_epoch + 1,
+            "epochs_run": self.epoch,
+            "global_step": self.global_step,
+            "train_seconds": round(self.train_seconds, 3),
+            "steps_per_second": round(self.global_step / max(self.train_seconds, 1e-9), 3),
+        }
 
 
 def epoch_batches(
@@ -140,11 +183,9 @@ def epoch_batches(
     if lengths is not None and group > 0 and n > batch_size:
         keep = n - n % batch_size
         span = group * batch_size
-        order = order[:keep]
-        chunks = [order[i : i + span] for i in range(0, keep, span)]
         batches = []
-        for chunk in chunks:
-            chunk = sorted(chunk, key=lambda i: lengths[i])
+        for start in range(0, keep, span):
+            chunk = sorted(order[start : min(start + span, keep)], key=lambda i: lengths[i])
             batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
         perm = torch.randperm(len(batches), generator=gen).tolist()
         return [batches[i] for i in perm]
@@ -152,45 +193,6 @@ def epoch_batches(
     if len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
-
-
-def _resume_view(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    return {
-        sec: {k: v for k, v in body.items() if (sec, k) not in _RESUME_FREE}
-        for sec, body in cfg_dict.items()
-    }
-
-
-def _truncate_jsonl(path: Path, keep) -> None:
-    if not path.is_file():
-        return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)))
-
-
-def build_optimizer(
-    model: MultimodalClassifier, t: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters: encoder vs head learning rates, no weight decay
-    on biases, norms and the logit scale; the fused kernel on CUDA."""
-    no_decay = lambda n, p: p.ndim < 2 or "norm" in n.lower() or n == "logit_scale"  # noqa: E731
-    enc_ids = {id(p) for p in model.encoder_parameters()}
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        groups.setdefault((id(p) in enc_ids, no_decay(name, p)), []).append(p)
-    param_groups = [
-        {
-            "params": ps,
-            "lr": t.lr if is_enc else t.head_lr,
-            "weight_decay": 0.0 if nd else t.weight_decay,
-        }
-        for (is_enc, nd), ps in sorted(groups.items())
-    ]
-    if device.type == "cuda":
-        return torch.optim.AdamW(param_groups, fused=True)
-    return torch.optim.AdamW(param_groups)
 
 
 class EpochBatches:
@@ -207,23 +209,47 @@ class EpochBatches:
         return len(self.batches)
 
 
-class LossModule(torch.nn.Module):
-    """The model and its losses as one module: DDP wraps this, so every trainable parameter
-    (encoders, fusion, ITC projections, ITM head) is used inside one DDP forward."""
+def install_stop_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM set ``stop`` (the loop checkpoints and exits); a second one raises
+    KeyboardInterrupt at once. Returns the previous handlers (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
 
-    def __init__(self, model: MultimodalClassifier, dist: DistInfo):
-        super().__init__()
-        self.model = model
-        self.dist = dist
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.warning("signal %s: finishing this step, checkpointing, then stopping", signum)
+        stop.set()
 
-    def forward(
-        self,
-        batch: dict[str, torch.Tensor],
-        aux: Any,
-        class_weight: torch.Tensor | None,
-        generator: torch.Generator,
-    ) -> tuple[LossTerms, ModelOutput]:
-        return compute_losses(self.model, batch, aux, class_weight, generator, self.dist)
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _resume_view(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    return {
+        sec: {k: v for k, v in body.items() if (sec, k) not in _RESUME_FREE}
+        for sec, body in cfg_dict.items()
+    }
+
+
+class _PreviousOutputs:
+    """A finished run's outputs, moved aside while a fresh run starts in its directory;
+    deleted at the fresh run's first checkpoint, restored if it fails before."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.aside = run_dir, unique_tmp(run_dir / "previous")
+        for name in _OUTPUTS:
+            if (run_dir / name).exists():
+                self.aside.mkdir(exist_ok=True)
+                (run_dir / name).replace(self.aside / name)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.aside, ignore_errors=True)
+
+    def restore(self) -> None:
+        if self.aside.is_dir():
+            for path in self.aside.iterdir():
+                path.replace(self.run_dir / path.name)
+            self.aside.rmdir()
 
 
 class Trainer:
@@ -231,7 +257,7 @@ class Trainer:
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP: each process
     takes its slice of every global batch of ``train.batch_size``; only rank 0 writes
-    logs, checkpoints and metrics, evaluates, and runs the callbacks.
+    logs, checkpoints and metrics, evaluates, and runs the user callbacks.
     """
 
     def __init__(
@@ -241,394 +267,324 @@ class Trainer:
         callbacks: list[Callback] | None = None,
         final_splits: tuple[str, ...] = ("val", "test"),
     ):
-        self.cfg = cfg
-        self.manifest = manifest
-        self.callbacks = list(callbacks or [])
-        self.final_splits = final_splits  # evaluated with the best weights at the end
+        self.cfg, self.manifest, self.final_splits = cfg, manifest, final_splits
         self.run_dir = Path(cfg.train.output_dir)
         self.device = resolve_device(cfg.train.device)
         joined_before = torch.distributed.is_initialized()
         self.dist = init_from_env(self.device.type)
-        self._owns_group = self.dist.enabled and not joined_before
+        self.owns_group = self.dist.enabled and not joined_before
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        if not self.dist.is_main:
-            self.callbacks = []  # tracking and other side effects happen on rank 0 only
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        self._stop = threading.Event()
+        main = self.dist.is_main
+        self._log = RunLog(self.run_dir, enabled=main)
+        user = list(callbacks or []) if main else []  # side effects on rank 0 only
+        self.callbacks: list[Callback] = [self._log, EarlyStopping(cfg.train.patience)]
+        self.callbacks += [*user, Checkpointer(cfg.train.checkpoint_every_steps)]
+        self.state = TrainState(config=_resume_view(dump_config(cfg)))
+        self.meter = LossMeter(self.device)
         self.asm: Assembly | None = None
-        self.global_step = 0
-        self._use_channels_last = False
+        self.epoch_length = 0  # micro-batches in the current epoch
+        self._stop = threading.Event()
+        self._previous: _PreviousOutputs | None = None
 
-    # ------------------------------------------------------------------ control
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
     def request_stop(self) -> None:
         """Ask the loop to checkpoint and stop after the current optimizer step."""
         self._stop.set()
 
-    def _install_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous = {}
+    # ------------------------------------------------------------------ set-up
+    def _setup(self, resume: bool) -> Path | None:
+        """Load data and model (rank 0 first: it builds the caches); return the checkpoint
+        to resume from. Refuses to start fresh over an unfinished run."""
+        t, main = self.cfg.train, self.dist.is_main
+        found = find_checkpoint(self.run_dir / "checkpoint")
+        if found is not None and not resume:
+            raise CheckpointExists(
+                f"{self.run_dir}: holds an unfinished run's checkpoint ({found}); pass "
+                "--resume to continue it, or delete it / choose another output directory"
+            )
+        if resume and found is None:
+            log.info("--resume: no checkpoint in %s; starting a fresh run", self.run_dir)
+        seed_everything(t.seed, deterministic=t.deterministic)
+        if not main:
+            barrier(self.dist)
+        self.asm = assemble(
+            self.cfg, self.device, manifest=self.manifest, progress=t.progress and main
+        )
+        if main:
+            barrier(self.dist)
+        manifest = self.asm.manifest
+        for split in ("train", "val"):
+            if len(self.asm.datasets[split]) == 0:
+                raise ValueError(f"{manifest.source}: the {split} split is empty")
+        if self.dist.enabled and t.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} must be a multiple of the "
+                f"{self.dist.world_size} processes"
+            )
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if found is None:
+                self._previous = _PreviousOutputs(self.run_dir)
+            if manifest.skipped:
+                report = write_skip_report(manifest.skipped, self.run_dir / "skipped.jsonl")
+                log.warning("skipped %d bad manifest rows; see %s", len(manifest.skipped), report)
+            config = yaml.safe_dump(dump_config(self.cfg), sort_keys=False)
+            atomic_write_text(self.run_dir / "config.yaml", config)
+            atomic_write_text(self.run_dir / "labels.json", json.dumps(manifest.labels) + "\n")
+        return found
 
-        def handler(signum, frame):
-            if self._stop.is_set():  # second signal: stop now
-                raise KeyboardInterrupt
-            log.warning("signal %s: finishing this step, checkpointing, then stopping", signum)
-            self._stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-        return previous
-
-    # ------------------------------------------------------------------ helpers
-    def _optimizer(self, model) -> torch.optim.Optimizer:
-        return build_optimizer(model, self.cfg.train, self.device)
-
-    def _rng_state(self, itm_gen: torch.Generator) -> dict[str, torch.Tensor]:
-        state = {"torch": torch.get_rng_state(), "itm": itm_gen.get_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _set_rng_state(self, rng: dict[str, torch.Tensor], itm_gen: torch.Generator) -> None:
-        torch.set_rng_state(rng["torch"])
-        itm_gen.set_state(rng["itm"])
-        if "cuda" in rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-
-    def _seed_rank_streams(self, itm_gen: torch.Generator, step: int) -> None:
+    def _seed_rank_streams(self, step: int) -> None:
         """Ranks above 0 draw their own dropout masks and ITM pairs (slices of a batch must
         differ), derived from the seed, rank and step; rank 0 keeps the single-process
         streams."""
         if self.dist.rank > 0:
             offset = self.cfg.train.seed + 1_000_003 * self.dist.rank + step
             torch.manual_seed(offset)
-            itm_gen.manual_seed(offset + 7919)
+            self.itm_gen.manual_seed(offset + 7919)
 
-    def _batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if self._use_channels_last and "pixel_values" in out:
-            out["pixel_values"] = out["pixel_values"].contiguous(memory_format=torch.channels_last)
-        return out
+    def _restore(self, found: Path) -> None:
+        rng, saved = load_checkpoint(found, self.asm.model, self.optimizer)  # type: ignore[union-attr]
+        if saved.get("config") != self.state.config:
+            raise ValueError(
+                f"{found}: the checkpoint was made with another configuration; resume with "
+                "the same params, or start a fresh run without --resume"
+            )
+        try:
+            self.state = TrainState(**saved)
+        except TypeError:
+            raise ValueError(f"{found}: written by another mmaux version; start afresh") from None
+        self.meter.load_state(self.state.meter)
+        set_rng_state(rng, self.itm_gen, self.device)
+        self._seed_rank_streams(self.state.global_step)  # the checkpoint holds rank 0's
+        log.info("resuming from %s at epoch %d, step %d", found, self.state.epoch, self.global_step)
 
-    def _channels_last(self, model: MultimodalClassifier) -> None:
-        """Channels-last for a convolutional image encoder that runs on CUDA (tensor cores
-        read NHWC natively); ViTs and cached features are left alone."""
-        enc = model.image_encoder
-        self._use_channels_last = bool(
-            self.cfg.train.channels_last
-            and self.device.type == "cuda"
-            and enc is not None
-            and any(isinstance(m, torch.nn.Conv2d) for m in enc.modules())
-            and not (self.asm is not None and self.asm.features_from_cache)
-        )
-        if self._use_channels_last:
-            enc.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+    def save_checkpoint(self) -> Path:
+        """Write the full training state (rank 0; every rank takes part)."""
+        self.state.meter = self.meter.state(self.dist)
+        path = self.run_dir / "checkpoint"
+        if self.dist.is_main:
+            state = asdict(self.state)
+            rng = rng_state(self.itm_gen, self.device)
+            save_checkpoint(path, self.asm.model, self.optimizer, rng, state)  # type: ignore[union-attr]
+            if self._previous is not None:
+                self._previous.discard()
+                self._previous = None
+        barrier(self.dist)
+        return path
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> TrainResult:
         """Train (or resume), evaluate the best weights on val and test, write the run dir."""
-        cfg, t = self.cfg, self.cfg.train
-        main = self.dist.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        barrier(self.dist)
-        ckpt_dir = self.run_dir / "checkpoint"
-        found = find_checkpoint(ckpt_dir) if resume else None
-        if resume and found is None:
-            log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt_dir)
-        if found is None and main:
-            for name in (
-                "steps.jsonl",
-                "epochs.jsonl",
-                "metrics.json",
-                "model.safetensors",
-                "best.safetensors",
-            ):
-                (self.run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-
-        seed_everything(t.seed, deterministic=t.deterministic)
-        # Rank 0 builds the on-disk caches first; the others then read them.
-        if not main:
-            barrier(self.dist)
-        self.asm = asm = assemble(
-            cfg, self.device, manifest=self.manifest, progress=t.progress and main
-        )
-        if main:
-            barrier(self.dist)
-        manifest, model = asm.manifest, asm.model
-        if manifest.skipped and main:
-            report = write_skip_report(manifest.skipped, self.run_dir / "skipped.jsonl")
-            log.warning(
-                "skipped %d bad manifest rows (data.on_error=skip); see %s",
-                len(manifest.skipped),
-                report,
-            )
-        train_ds = asm.datasets["train"]
-        for split in ("train", "val"):
-            if len(asm.datasets[split]) == 0:
-                raise ValueError(f"{manifest.source}: the {split} split is empty")
-        if main:
-            (self.run_dir / "config.yaml").write_text(
-                yaml.safe_dump(dump_config(cfg), sort_keys=False)
-            )
-            (self.run_dir / "labels.json").write_text(json.dumps(manifest.labels) + "\n")
-        if self.dist.enabled and t.batch_size % self.dist.world_size:
-            raise ValueError(
-                f"train.batch_size={t.batch_size} must be a multiple of the "
-                f"{self.dist.world_size} processes"
-            )
-
-        num_classes = len(manifest.labels)
-        class_weight = (
-            balanced_class_weights(train_ds.labels, num_classes).to(self.device)
-            if t.class_weights == "balanced"
-            else None
-        )
-        optimizer = self._optimizer(model)
-        # On the training device, so ITM sampling never waits on the host.
-        itm_gen = torch.Generator(device=self.device).manual_seed(t.seed + 7919)
-        self._seed_rank_streams(itm_gen, step=0)
-        state: dict[str, Any] = {
-            "epoch": 0,
-            "micro_in_epoch": 0,
-            "global_step": 0,
-            "best_score": -1.0,
-            "best_epoch": -1,
-            "bad_epochs": 0,
-            "sums": {},
-            "count": 0,
-            "history": [],
-            "train_seconds": 0.0,
-            "done": False,
-            "config": _resume_view(dump_config(cfg)),
-        }
+        found = self._setup(resume)
+        assert self.asm is not None
+        model, t = self.asm.model, self.cfg.train
+        self.optimizer = build_optimizer(model, t, self.device)
+        self.itm_gen = itm_generator(self.device, t.seed)
+        self._seed_rank_streams(step=0)
         if found is not None:
-            rng, saved = load_checkpoint(found, model, optimizer)
-            if saved.get("config") != state["config"]:
-                raise ValueError(
-                    f"{found}: the checkpoint was made with another configuration; resume with "
-                    "the same params, or start a fresh run without --resume"
-                )
-            state.update(saved)
-            self._set_rng_state(rng, itm_gen)
-            self._seed_rank_streams(itm_gen, step=state["global_step"])  # it saved rank 0's
-            step = state["global_step"]
-            _truncate_jsonl(self.run_dir / "steps.jsonl", lambda r: r["step"] <= step)
-            _truncate_jsonl(self.run_dir / "epochs.jsonl", lambda r: r["epoch"] < state["epoch"])
-            log.info("resuming from %s at epoch %d, step %d", found, state["epoch"], step)
-
-        def checkpoint() -> Path:
-            if main:
-                path = save_checkpoint(ckpt_dir, model, optimizer, self._rng_state(itm_gen), state)
-            barrier(self.dist)
-            return ckpt_dir if not main else path
-
-        previous = self._install_signals()
+            self._restore(found)
+        previous = install_stop_signals(self._stop)
         try:
-            if not state["done"]:
-                self._loop(state, model, optimizer, class_weight, itm_gen, checkpoint)
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+            if not self.state.done:
+                self._run_epochs()
+            return self._finish()
+        except BaseException:
+            if self._previous is not None:  # failed before its first checkpoint
+                self._previous.restore()
+            raise
         finally:
-            for sig, h in previous.items():
-                signal.signal(sig, h)
-        return self._finish(state)
+            self._log.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    def _loop(self, state, model, optimizer, class_weight, itm_gen, checkpoint) -> None:
-        cfg, t = self.cfg, self.cfg.train
-        asm = self.asm
-        assert asm is not None
-        train_ds = asm.datasets["train"]
-        accum = t.grad_accum_steps
-        main, dist = self.dist.is_main, self.dist
-        step_fn: torch.nn.Module = LossModule(model, dist)
-        self._channels_last(model)
-        if t.compile:
-            step_fn = torch.compile(step_fn)  # type: ignore[assignment]
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
+    def _run_epochs(self) -> None:
+        asm, t, model = self.asm, self.cfg.train, self.asm.model  # type: ignore[union-attr]
+        asm.prepare_channels_last(self.device)  # type: ignore[union-attr]
+        step_fn = training_step_fn(model, self.dist, self.device, t.compile)
+        train_ds = asm.datasets["train"]  # type: ignore[union-attr]
+        class_weight = None
+        if t.class_weights == "balanced":
+            num_classes = len(asm.manifest.labels)  # type: ignore[union-attr]
+            class_weight = balanced_class_weights(train_ds.labels, num_classes).to(self.device)
+        plan = EpochBatches()  # one loader for the run (its workers persist)
+        loader = asm.loader("train", t.batch_size, plan, device=self.device)  # type: ignore[union-attr]
+        val_loader = asm.loader("val", self.cfg.eval.batch_size, device=self.device)  # type: ignore[union-attr]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        while not self.state.done and self.state.epoch < t.epochs:
+            st = self.state
+            batches = epoch_batches(
+                len(train_ds), t.batch_size, t.seed, st.epoch, train_ds.text_lengths,
+                t.length_grouping,
+            )  # fmt: skip
+            self.epoch_length = len(batches)
+            plan.batches = [shard(b, self.dist) for b in batches[st.micro_in_epoch :]]
+            self._train_epoch(step_fn, loader, class_weight, trainable)
+            self._validate_epoch(val_loader)
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            step_fn = DistributedDataParallel(step_fn, device_ids=ids)
+    def _train_epoch(self, step_fn, loader, class_weight, trainable) -> None:
+        """One epoch's remaining micro-batches; the loss is read only at log points."""
+        t, st, model = self.cfg.train, self.state, self.asm.model  # type: ignore[union-attr]
         no_sync = getattr(step_fn, "no_sync", None)  # DDP: skip all-reduce while accumulating
-        val_loader = asm.loader("val", cfg.eval.batch_size, device=self.device)
-        # One loader for the whole run (its workers persist); each epoch sets its batches.
-        epoch_plan = EpochBatches()
-        train_loader = asm.loader("train", t.batch_size, epoch_plan, device=self.device)
-        steps_log = (self.run_dir / "steps.jsonl").open("a") if main else None
-        epochs_log = (self.run_dir / "epochs.jsonl").open("a") if main else None
-        try:
-            while not state["done"] and state["epoch"] < t.epochs:
-                epoch = state["epoch"]
-                batches = epoch_batches(
-                    len(train_ds),
-                    t.batch_size,
-                    t.seed,
-                    epoch,
-                    train_ds.text_lengths,
-                    t.length_grouping,
-                )
-                epoch_plan.batches = [shard(b, dist) for b in batches[state["micro_in_epoch"] :]]
-                model.train()
-                started = time.perf_counter()
-                bar = tqdm(
-                    total=len(batches),
-                    initial=state["micro_in_epoch"],
-                    desc=f"epoch {epoch + 1}/{t.epochs}",
-                    disable=None if t.progress and main else True,
-                    leave=False,
-                )
-                for batch in train_loader:
-                    batch = self._batch(batch)
-                    last = state["micro_in_epoch"] + 1 == len(batches)
-                    sync = (state["micro_in_epoch"] + 1) % accum == 0 or last
-                    with (
-                        no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
-                    ):
-                        with autocast(self.device, self.precision):
-                            terms, _ = step_fn(batch, cfg.aux, class_weight, itm_gen)
-                        (terms.total / accum).backward()
-                    state["micro_in_epoch"] += 1
-                    values = mean_over_ranks(terms.as_floats(), dist, self.device)
-                    for k, v in values.items():
-                        state["sums"][k] = state["sums"].get(k, 0.0) + v
-                    state["count"] += 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}")
-                    if not sync:
-                        continue
-                    if t.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(
-                            [p for p in model.parameters() if p.requires_grad], t.max_grad_norm
-                        )
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    model.clamp_logit_scale()
-                    state["global_step"] += 1
-                    self.global_step = step = state["global_step"]
-                    record = {"step": step, "epoch": epoch, **values}
-                    if model.logit_scale is not None:
-                        record["logit_scale"] = float(model.logit_scale.detach().exp())
-                    if steps_log is not None:
-                        steps_log.write(json.dumps(record) + "\n")
-                    for cb in self.callbacks:
-                        cb.on_step_end(self, step, values)
-                    periodic = t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0
-                    stop = any_rank(self._stop.is_set(), dist, self.device)
-                    if stop:
-                        self._stop.set()
-                    if stop or (periodic and not last):
-                        state["train_seconds"] += time.perf_counter() - started
-                        started = time.perf_counter()
-                        if steps_log is not None:
-                            steps_log.flush()
-                        path = checkpoint()
-                        if stop:
-                            bar.close()
-                            raise TrainingInterrupted(path, step)
-                bar.close()
-                state["train_seconds"] += time.perf_counter() - started
-                if steps_log is not None:
-                    steps_log.flush()
-                metrics = None
-                if main:  # the other ranks wait for rank 0's verdict
-                    metrics, _ = evaluate(
-                        model, val_loader, asm.manifest.labels, self.device, self.precision
-                    )
-                metrics = broadcast(metrics, dist)
-                train_means = {k: v / max(state["count"], 1) for k, v in state["sums"].items()}
-                record = {
-                    "epoch": epoch,
-                    "step": state["global_step"],
-                    **{f"train_{k}": v for k, v in train_means.items()},
-                    "val_loss": metrics["loss"],
-                    "val_macro_f1": metrics["macro_f1"],
-                    "val_weighted_f1": metrics["weighted_f1"],
-                    "val_accuracy": metrics["accuracy"],
-                }
-                improved = metrics["macro_f1"] > state["best_score"] + 1e-12
-                if improved:
-                    state.update(best_score=metrics["macro_f1"], best_epoch=epoch, bad_epochs=0)
-                    if main:
-                        save_weights(model, self.run_dir / "best.safetensors")
-                else:
-                    state["bad_epochs"] += 1
-                state["history"].append(record)
-                if epochs_log is not None:
-                    epochs_log.write(json.dumps(record) + "\n")
-                    epochs_log.flush()
-                log.info(
-                    "epoch %d: train loss %.4f, val macro-F1 %.4f%s",
-                    epoch + 1,
-                    train_means.get("loss", math.nan),
-                    metrics["macro_f1"],
-                    " (best)" if improved else "",
-                )
-                for cb in self.callbacks:
-                    cb.on_epoch_end(self, record)
-                state.update(epoch=epoch + 1, micro_in_epoch=0, sums={}, count=0)
-                if state["bad_epochs"] >= t.patience:
-                    log.info("early stopping: no val macro-F1 gain for %d epochs", t.patience)
-                    state["done"] = True
-                if state["epoch"] >= t.epochs:
-                    state["done"] = True
-                if any_rank(self._stop.is_set(), dist, self.device) and not state["done"]:
-                    raise TrainingInterrupted(checkpoint(), state["global_step"])
-                checkpoint()
-        finally:
-            for fh in (steps_log, epochs_log):
-                if fh is not None:
-                    fh.close()
-
-    def _finish(self, state: dict[str, Any]) -> TrainResult:
-        summary = self._final_metrics(state) if self.dist.is_main else None
-        summary = broadcast(summary, self.dist)
-        result = TrainResult(
-            run_dir=self.run_dir,
-            metrics=summary,
-            best_epoch=state["best_epoch"] + 1,
-            epochs_run=state["epoch"],
-            global_step=state["global_step"],
-            train_seconds=state["train_seconds"],
-            history=list(state["history"]),
+        model.train()
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.epoch_length,
+            initial=st.micro_in_epoch,
+            desc=f"epoch {st.epoch + 1}/{t.epochs}",
+            disable=None if t.progress and self.dist.is_main else True,
+            leave=False,
         )
+        for batch in loader:
+            st.micro_in_epoch += 1
+            last = st.micro_in_epoch == self.epoch_length
+            sync = st.micro_in_epoch % t.grad_accum_steps == 0 or last
+            quiet = no_sync() if no_sync is not None and not sync else contextlib.nullcontext()
+            with quiet:
+                terms = forward_backward(
+                    step_fn, self.asm.to_device(batch, self.device), self.cfg.aux,  # type: ignore[union-attr]
+                    class_weight, self.itm_gen, self.device, self.precision, t.grad_accum_steps,
+                )  # fmt: skip
+            self.meter.add(terms)
+            bar.update(1)
+            if not sync:
+                continue
+            optimizer_step(model, self.optimizer, trainable, t.max_grad_norm)
+            st.global_step += 1
+            agreed = False
+            if st.global_step % t.log_every_steps == 0 or last:
+                try:
+                    values, agreed = self.meter.read(
+                        self.dist, self._stop.is_set(), model.logit_scale
+                    )
+                except NonFiniteLoss as err:
+                    raise NonFiniteLoss(
+                        f"{self.run_dir}: by step {st.global_step}, {err}"
+                    ) from None
+                bar.set_postfix(loss=f"{values['loss']:.3f}")
+                for cb in self.callbacks:
+                    cb.on_log(self, st.global_step, values)
+            for cb in self.callbacks:
+                cb.on_step_end(self, st.global_step)
+            # A single process sees its stop flag for free; ranks agree at log points only.
+            if agreed if self.dist.enabled else self._stop.is_set():
+                self._stop.set()
+                st.train_seconds += time.perf_counter() - started
+                bar.close()
+                raise TrainingInterrupted(self.save_checkpoint(), st.global_step)
+        bar.close()
+        st.train_seconds += time.perf_counter() - started
+
+    def _validate_epoch(self, val_loader) -> None:
+        """Score val (rank 0), keep the best weights, run the epoch-end callbacks."""
+        st, asm = self.state, self.asm
+        assert asm is not None
+        metrics = None
+        if self.dist.is_main:  # the other ranks wait for rank 0's verdict
+            metrics, _ = evaluate(
+                asm.model, val_loader, asm.manifest.labels, self.device, self.precision
+            )
+        metrics = broadcast(metrics, self.dist)
+        means = self.meter.epoch_means(self.dist)
+        record = {
+            "epoch": st.epoch,
+            "step": st.global_step,
+            **{f"train_{k}": v for k, v in means.items()},
+            **{f"val_{k}": metrics[k] for k in ("loss", "macro_f1", "weighted_f1", "accuracy")},
+        }
+        if metrics["macro_f1"] > st.best_score + 1e-12:
+            st.best_score, st.best_epoch = metrics["macro_f1"], st.epoch
+            if self.dist.is_main:
+                save_weights(asm.model, self.run_dir / "best.safetensors")
+        st.history.append(record)
+        st.epoch, st.micro_in_epoch = st.epoch + 1, 0
+        st.done = st.done or st.epoch >= self.cfg.train.epochs
+        for cb in self.callbacks:  # early stopping may end the run; the checkpointer is last
+            cb.on_epoch_end(self, record)
+        if any_rank(self._stop.is_set(), self.dist, self.device) and not st.done:
+            raise TrainingInterrupted(self.run_dir / "checkpoint", st.global_step)
+
+    # ------------------------------------------------------------------ finish
+    def _finish(self) -> TrainResult:
+        summary = broadcast(self._final_metrics() if self.dist.is_main else None, self.dist)
+        result = TrainResult.of(self.run_dir, summary, self.state)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
 
-    def _final_metrics(self, state: dict[str, Any]) -> dict[str, Any]:
+    def _final_metrics(self) -> dict[str, Any]:
         """Rank 0: evaluate the best weights, write metrics.json, drop the checkpoint."""
-        asm = self.asm
+        asm, st = self.asm, self.state
         assert asm is not None
-        model = asm.model
         best = self.run_dir / "best.safetensors"
-        load_weights(model, best)
+        load_weights(asm.model, best)
         best.replace(self.run_dir / "model.safetensors")
-        metrics: dict[str, Any] = {}
-        for split in self.final_splits:
-            if len(asm.datasets[split]) == 0:
-                continue
-            loader = asm.loader(split, self.cfg.eval.batch_size, device=self.device)
-            m, pred = evaluate(model, loader, asm.manifest.labels, self.device, self.precision)
-            metrics[split] = m
-            write_predictions(pred, asm.manifest.labels, self.run_dir / f"predictions_{split}.csv")
-        steps = state["global_step"]
-        summary = {
-            "best_epoch": state["best_epoch"] + 1,
-            "epochs_run": state["epoch"],
-            "global_step": steps,
-            "train_seconds": round(state["train_seconds"], 3),
-            "steps_per_second": round(steps / max(state["train_seconds"], 1e-9), 3),
-            "device": str(self.device),
-            "precision": self.precision,
-            **metrics,
-        }
+        metrics = evaluate_splits(
+            asm, self.final_splits, self.cfg.eval.batch_size, self.device, self.precision,
+            self.run_dir,
+        )  # fmt: skip
+        summary = {**st.summary(), "device": str(self.device), "precision": self.precision}
         if self.dist.enabled:
             summary["world_size"] = self.dist.world_size
-        (self.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary.update(metrics)
+        text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        atomic_write_text(self.run_dir / "metrics.json", text)
         shutil.rmtree(self.run_dir / "checkpoint", ignore_errors=True)
         return summary
+
+
+_COSMETIC = {("train", k) for k in ("progress", "num_workers", "output_dir", "log_every_steps")}
+
+
+def _outcome_view(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """The configuration minus keys that cannot change a run's result."""
+    return {
+        sec: {k: v for k, v in body.items() if (sec, k) not in _COSMETIC | {("data", "cache_dir")}}
+        for sec, body in cfg_dict.items()
+    }
+
+
+def finished_run(cfg: Config) -> TrainResult | None:
+    """The finished run in ``train.output_dir`` if it was trained with this configuration
+    (up to keys that cannot change the result), else None."""
+    run_dir = Path(cfg.train.output_dir)
+    files = [run_dir / n for n in ("metrics.json", "model.safetensors", "config.yaml")]
+    if not all(f.is_file() for f in files) or find_checkpoint(run_dir / "checkpoint"):
+        return None
+    saved = yaml.safe_load(files[2].read_text())
+    if _outcome_view(saved) != _outcome_view(dump_config(cfg)):
+        return None
+    metrics = json.loads(files[0].read_text())
+    epochs = run_dir / "epochs.jsonl"
+    history = [json.loads(x) for x in epochs.read_text().splitlines()] if epochs.is_file() else []
+    return TrainResult(
+        run_dir, metrics, metrics["best_epoch"], metrics["epochs_run"], metrics["global_step"],
+        metrics["train_seconds"], history,
+    )  # fmt: skip
+
+
+def train_stage(cfg: Config, callbacks: list[Callback] | None = None) -> tuple[TrainResult, bool]:
+    """Training for a pipeline stage that is re-run after failures and param changes: a
+    finished run of this configuration is reused (returns ``(result, True)``), an unfinished
+    one resumed, and a checkpoint made with another configuration (params changed after a
+    kill) replaced by a fresh run, with a warning."""
+    if (done := finished_run(cfg)) is not None:
+        log.info("%s: reusing the finished run of this configuration", done.run_dir)
+        return done, True
+    ckpt = find_checkpoint(Path(cfg.train.output_dir) / "checkpoint")
+    if ckpt is not None:
+        saved = json.loads((ckpt / "state.json").read_text()).get("config")
+        if saved != _resume_view(dump_config(cfg)):
+            log.warning("%s: made with other params; starting a fresh run", ckpt)
+            shutil.rmtree(ckpt)
+    return train(cfg, resume=True, callbacks=callbacks), False
 
 
 def train(
@@ -639,10 +595,11 @@ def train(
     final_splits: tuple[str, ...] = ("val", "test"),
 ) -> TrainResult:
     """Train from a configuration; see :class:`Trainer`. ``final_splits`` are evaluated with
-    the best weights at the end (tuning passes ``("val",)``: trials never see test)."""
+    the best weights at the end (tuning passes ``("val",)``: trials never see test). With
+    ``resume`` an unfinished run continues from its checkpoint (or starts when none)."""
     trainer = Trainer(cfg, manifest, callbacks, final_splits)
     try:
         return trainer.fit(resume=resume)
     finally:
-        if trainer._owns_group and torch.distributed.is_initialized():
+        if trainer.owns_group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

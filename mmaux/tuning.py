@@ -5,9 +5,16 @@ running :func:`tune` again continues the same study until it holds ``tune.n_tria
 finished (complete or pruned) trials. Trials train on the train split and are scored on the
 validation split only: the final evaluation of a trial covers the validation split alone.
 
-Each trial records the process that runs it (host, pid, process start time). Journal storage
-has no heartbeats, so at start :func:`tune` fails the RUNNING trials whose process is gone
+Several tuners may share one study (processes on one journal file): each takes the next trial
+with :func:`claim_trial`, which counts the finished *and running* trials and asks for a new
+one under a lock file beside the journal, so the study stops at exactly ``tune.n_trials``
+finished trials. Each trial records the process that runs it (:mod:`mmaux.owner`). Journal
+storage has no heartbeats, so a claim first fails the RUNNING trials whose process is gone
 (:func:`fail_stale_trials`); such trials never count towards ``n_trials``.
+
+While ``tune.enabled``, the searched ``aux`` keys (:func:`searched_aux_keys`) come from the
+search alone: trials and the train stage (:func:`train_overrides`) never read their
+``params.yaml`` values, and :func:`study_name` does not hash them.
 
 Tracking stays outside this module: a :data:`TrialHook` wraps each trial (e.g. in a nested
 MLflow run) and yields extra training callbacks.
@@ -15,11 +22,10 @@ MLflow run) and yields extra training callbacks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -30,11 +36,12 @@ from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
 from mmaux.assemble import load_data
 from mmaux.config import (
+    AuxConfig,
     Config,
     ConfigError,
     TuneConfig,
@@ -43,6 +50,8 @@ from mmaux.config import (
     parse_override,
 )
 from mmaux.data.manifest import Manifest
+from mmaux.fsio import atomic_write_text
+from mmaux.owner import current_owner, owner_alive
 from mmaux.training import Callback, Trainer, train
 
 log = logging.getLogger(__name__)
@@ -53,7 +62,88 @@ TrialHook = Callable[[optuna.Trial, Config], AbstractContextManager[list[Callbac
 OWNER_ATTR = "owner"
 OVERRIDES_ATTR = "overrides"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TAKEN = (*FINISHED, TrialState.RUNNING)  # trials that fill one of the n_trials slots
+CLAIM_GRACE_S = 15  # a claim lock left by a killed process is broken after this long
 _WEIGHT_FILES = ("model.safetensors", "best.safetensors")
+# Keys no trial reads (trials train tune.epochs) or that cannot change a trial's result.
+_UNHASHED = {
+    "data": ("cache_dir",),
+    "train": (
+        "epochs",
+        "progress",
+        "output_dir",
+        "num_workers",
+        "log_every_steps",
+        "checkpoint_every_steps",
+    ),
+    "tune": ("enabled", "n_trials", "storage", "study_name", "best_params"),
+}
+
+
+# --------------------------------------------------------------------------- what is searched
+def searched_aux_keys(cfg: TuneConfig) -> tuple[str, ...]:
+    """The ``aux`` keys every trial sets itself: the ITC/ITM weights, the ITM negative mode
+    (sampled from ``tune.negatives``; irrelevant while ITM is off) and, with
+    ``tune.temperature``, the initial temperature."""
+    keys = ("itc_weight", "itm_weight", "itm_negatives")
+    return (*keys, "temperature") if cfg.temperature is not None else keys
+
+
+def _neutral_aux(cfg: TuneConfig) -> list[str]:
+    """Overrides resetting the searched keys to their defaults, so that a trial or the train
+    stage never sees the ``params.yaml`` values of keys the search owns."""
+    defaults = AuxConfig()
+    return [f"aux.{k}={_fmt(getattr(defaults, k))}" for k in searched_aux_keys(cfg)]
+
+
+def study_name(cfg: Config) -> str:
+    """``tune.study_name`` plus a hash of everything a trial's result depends on: re-running
+    with the same setup continues the study; a changed search space or base config starts a
+    new one. Not hashed: the searched ``aux`` keys (never read while tuning), train keys no
+    trial reads or that leave results unchanged (epochs, progress, output_dir, workers,
+    logging and checkpoint intervals), ``data.cache_dir`` and the tune bookkeeping keys."""
+    raw = dump_config(cfg)
+    basis = {section: dict(raw[section]) for section in ("data", "model", "aux", "train", "tune")}
+    for key in searched_aux_keys(cfg.tune):
+        del basis["aux"][key]
+    for section, keys in _UNHASHED.items():
+        for key in keys:
+            del basis[section][key]
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.tune.study_name}-{digest}"
+
+
+def train_overrides(cfg: Config) -> list[str]:
+    """The overrides the train stage applies on top of ``params.yaml``.
+
+    ``tune.enabled=false``: none, ``aux.*`` is used as it is. ``tune.enabled``: every searched
+    key, set from ``tune.best_params`` (a key the best trial left unset, such as the ITM
+    negatives with ITM off, gets its default), so their ``params.yaml`` values never reach
+    the model. Raises :class:`ConfigError` when there is no tuning result to train with."""
+    if not cfg.tune.enabled:
+        return []
+    path = Path(cfg.tune.best_params)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"tune.enabled=true but {path} does not exist: run the tune stage first "
+            "(python -m flows.tune), or set tune.enabled=false"
+        ) from None
+    if payload.get("study") is None:
+        raise ConfigError(
+            f"{path} holds no tuning result (it was written with tune.enabled=false): run the "
+            "tune stage again, or set tune.enabled=false"
+        )
+    if payload["study"] != (expected := study_name(cfg)):
+        log.warning(
+            "%s comes from study %r, but this configuration's study is %r: re-run the tune "
+            "stage to tune for it",
+            path,
+            payload["study"],
+            expected,
+        )
+    return [*_neutral_aux(cfg.tune), *load_best_overrides(path)]
 
 
 # --------------------------------------------------------------------------- study
@@ -61,7 +151,8 @@ def make_study(cfg: TuneConfig, direction: str = "maximize") -> optuna.Study:
     """Create or load the persistent study in the journal file ``cfg.storage``.
 
     The TPE sampler is seeded with ``cfg.seed`` plus the number of trials already in the
-    study, so a resumed search does not replay the first run's random suggestions."""
+    study (again at each :func:`claim_trial`), so a resumed search does not replay the first
+    run's random suggestions."""
     path = Path(cfg.storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(path)))
@@ -72,21 +163,25 @@ def make_study(cfg: TuneConfig, direction: str = "maximize") -> optuna.Study:
         pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs)
     else:
         pruner = optuna.pruners.NopPruner()
-    n_startup = max(2, min(10, cfg.n_trials // 2))
     study = optuna.create_study(
         storage=storage,
         study_name=cfg.study_name,
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=n_startup),
+        sampler=_sampler(cfg, 0),
         pruner=pruner,
         load_if_exists=True,
     )
     existing = len(study.get_trials(deepcopy=False))
     if existing:
-        study.sampler = optuna.samplers.TPESampler(
-            seed=cfg.seed + existing, n_startup_trials=n_startup
-        )
+        study.sampler = _sampler(cfg, existing)
     return study
+
+
+def _sampler(cfg: TuneConfig, n_existing: int) -> optuna.samplers.TPESampler:
+    """TPE seeded with ``cfg.seed`` plus the number of trials so far: reproducible for one
+    tuner, and concurrent tuners (which claim trials one at a time) never share a seed."""
+    n_startup = max(2, min(10, cfg.n_trials // 2))
+    return optuna.samplers.TPESampler(seed=cfg.seed + n_existing, n_startup_trials=n_startup)
 
 
 # --------------------------------------------------------------------------- search space
@@ -150,7 +245,7 @@ def check_search_space(cfg: Config) -> None:
     (e.g. itc + itm >= 1 with convex weighting, a temperature below 1/max_logit_scale)."""
     t = cfg.tune
     temps: list[float | None] = list(t.temperature) if t.temperature else [None]
-    raw = dump_config(cfg)
+    base = _neutral_aux(t)
     for itc, itm, neg, temp in product(t.itc_weight, t.itm_weight, t.negatives, temps):
         values: dict[str, Any] = {
             "aux.itc_weight": itc,
@@ -161,7 +256,7 @@ def check_search_space(cfg: Config) -> None:
             values["aux.temperature"] = temp
         overrides = [f"{k}={_fmt(v)}" for k, v in _effective(values).items()]
         try:
-            config_from_dict(raw, overrides)
+            config_from_dict(dump_config(cfg), [*base, *overrides])
         except ConfigError as err:
             raise ConfigError(
                 f"tune: the search space holds an invalid configuration ({', '.join(overrides)})"
@@ -169,49 +264,13 @@ def check_search_space(cfg: Config) -> None:
             ) from None
 
 
-# --------------------------------------------------------------------------- stale trials
-def _process_start(pid: int) -> str | None:
-    """The start time of a process (Linux /proc, clock ticks since boot), or None."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _owner() -> dict[str, Any]:
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
-
-
-def _owner_alive(owner: Any) -> bool:
-    """Whether the process recorded in a trial's owner attribute may still be running.
-
-    Unknown owners are dead; owners on another host are assumed alive (cannot be checked)."""
-    if not isinstance(owner, dict) or "pid" not in owner:
-        return False
-    if owner.get("host") != socket.gethostname():
-        return True
-    pid = int(owner["pid"])
-    if owner.get("start") is not None and Path("/proc/self/stat").exists():
-        return _process_start(pid) == owner["start"]  # a reused pid has another start time
-    if os.name != "posix":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
+# --------------------------------------------------------------------------- claiming trials
 def fail_stale_trials(study: optuna.Study, all_running: bool = False) -> list[int]:
     """Mark FAIL the RUNNING trials whose process is gone (or all RUNNING trials with
     ``all_running``, e.g. after a crash on another host). Returns their numbers."""
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not all_running and _owner_alive(t.user_attrs.get(OWNER_ATTR)):
+        if not all_running and owner_alive(t.user_attrs.get(OWNER_ATTR)):
             continue
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         log.warning("trial %d was left RUNNING by a stopped process; marked FAIL", t.number)
@@ -219,6 +278,31 @@ def fail_stale_trials(study: optuna.Study, all_running: bool = False) -> list[in
             _drop_weights(Path(run_dir))
         failed.append(t.number)
     return failed
+
+
+def claim_trial(study: optuna.Study, cfg: TuneConfig) -> optuna.Trial | None:
+    """The next trial of the study, or None once it holds ``cfg.n_trials`` finished or
+    running trials.
+
+    Exact with several tuners on one journal: counting and asking happen under one lock
+    file (Optuna's :class:`~optuna.storages.journal.JournalFileOpenLock` on
+    ``<storage>.claim``), so no two tuners take the last slot; running trials count, so a
+    tuner never starts a trial that another one's running trial will make surplus. Stale
+    RUNNING trials of dead processes are failed first (they free their slots); the trial's
+    owner is recorded before the lock is released, so no tuner mistakes it for stale."""
+    lock = JournalFileOpenLock(f"{cfg.storage}.claim", grace_period=CLAIM_GRACE_S)
+    lock.acquire()
+    try:
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in TAKEN for t in trials) >= cfg.n_trials:
+            return None
+        study.sampler = _sampler(cfg, len(trials))
+        trial = study.ask()
+        trial.set_user_attr(OWNER_ATTR, current_owner())
+        return trial
+    finally:
+        lock.release()
 
 
 # --------------------------------------------------------------------------- trials
@@ -245,13 +329,12 @@ def _drop_weights(run_dir: Path) -> None:
 
 def _run_trial(
     study: optuna.Study,
+    trial: optuna.Trial,
     cfg: Config,
     manifest: Manifest,
     trial_hook: TrialHook | None,
     out_dir: Path,
 ) -> FrozenTrial:
-    trial = study.ask()
-    trial.set_user_attr(OWNER_ATTR, _owner())
     run_dir = out_dir / "trials" / f"trial-{trial.number:03d}"
     trial.set_user_attr("run_dir", str(run_dir))
     started = time.perf_counter()
@@ -260,6 +343,7 @@ def _run_trial(
         trial_cfg = config_from_dict(
             dump_config(cfg),
             [
+                *_neutral_aux(cfg.tune),
                 *overrides,
                 f"train.epochs={cfg.tune.epochs}",
                 f"train.output_dir={run_dir}",
@@ -331,10 +415,7 @@ def _params_of(t: FrozenTrial) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _summarise(study: optuna.Study, cfg: Config, out_dir: Path, n_new: int) -> TuneResult | None:
@@ -374,7 +455,8 @@ def _summarise(study: optuna.Study, cfg: Config, out_dir: Path, n_new: int) -> T
 def tune(
     cfg: Config, trial_hook: TrialHook | None = None, out_dir: Path = Path("tuning")
 ) -> TuneResult:
-    """Run trials until the study holds ``cfg.tune.n_trials`` finished trials.
+    """Run trials until the study holds ``cfg.tune.n_trials`` finished trials (with other
+    tuners on the same study: until no slot is left, see :func:`claim_trial`).
 
     Writes ``cfg.tune.best_params`` and ``out_dir/history.json`` after every trial; trial
     runs go to ``out_dir/trials/trial-NNN`` (weights deleted). A failing trial is marked
@@ -382,11 +464,10 @@ def tune(
     out_dir = Path(out_dir)
     check_search_space(cfg)
     study = make_study(cfg.tune)
-    fail_stale_trials(study)
     manifest = load_data(cfg)
     n_new = 0
-    while len(study.get_trials(deepcopy=False, states=FINISHED)) < cfg.tune.n_trials:
-        _run_trial(study, cfg, manifest, trial_hook, out_dir)
+    while (trial := claim_trial(study, cfg.tune)) is not None:
+        _run_trial(study, trial, cfg, manifest, trial_hook, out_dir)
         n_new += 1
         _summarise(study, cfg, out_dir, n_new)
     result = _summarise(study, cfg, out_dir, n_new)

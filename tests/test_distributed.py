@@ -115,6 +115,7 @@ def test_ddp_with_itm_and_accumulation_writes_once_from_rank_0(
         "train.batch_size=8",
         "train.grad_accum_steps=2",
         "train.epochs=1",
+        "train.log_every_steps=1",
         f"train.output_dir={tmp_path / 'ddp'}",
     )
     _torchrun(cfg)
@@ -126,3 +127,61 @@ def test_ddp_with_itm_and_accumulation_writes_once_from_rank_0(
     assert all("itm" in json.loads(x) and "itc" in json.loads(x) for x in lines)
     assert not (run / "checkpoint").exists()
     assert {"test", "val"} <= metrics.keys()
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of the torchrun worker with RANK=rank under ``parent`` (Linux /proc)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(proc.name)
+    return None
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_a_log_point_and_resumes(
+    tmp_path, synth_root, no_dropout_bert
+):
+    import signal
+    import time
+
+    cfg = shrunk_config(
+        tmp_path,
+        synth_root,
+        no_dropout_bert,
+        "aux.itm_weight=0",
+        "train.batch_size=8",  # 12 steps per epoch
+        "train.epochs=4",
+        "train.log_every_steps=4",
+        f"train.output_dir={tmp_path / 'ddp'}",
+    )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mmaux", "train", "--params", str(params)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    steps = tmp_path / "ddp" / "steps.jsonl"
+    deadline = time.monotonic() + 300
+    while not (steps.is_file() and steps.read_text()) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    rank1 = _rank_pid(proc.pid, 1)
+    assert rank1 is not None
+    os.kill(rank1, signal.SIGTERM)  # one rank only: the ranks agree at the next log point
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    state = json.loads((tmp_path / "ddp" / "checkpoint" / "state.json").read_text())
+    assert state["global_step"] % 4 == 0 and state["global_step"] < 48, state["global_step"]
+    assert b"interrupted at step" in err
+    resumed = subprocess.run([*cmd, "--resume"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["global_step"] == 48 and metrics["world_size"] == 2

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,15 +94,136 @@ def test_repro_runs_every_stage_then_nothing(repo):
     _run([*git, "commit", "-qm", "pipeline"], work, env)
 
 
-def test_changing_an_aux_weight_only_touches_dependent_stages(repo):
-    work, env, _ = repo
+def _edit_params(work: Path, **sections: dict) -> None:
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["aux"]["itc_weight"] = 0.25
+    for section, values in sections.items():
+        params[section].update(values)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = _json([str(DVC), "status", "--json"], work, env)
-    changed = {name.split(":")[-1] for name in status}
-    assert changed == {"tune", "train"}, status  # evaluate follows train's new output
-    _run(["git", "checkout", "params.yaml"], work, env)
+
+
+def _stale(work: Path, env) -> set[str]:
+    return {name.split(":")[-1] for name in _json([str(DVC), "status", "--json"], work, env)}
+
+
+def test_changing_an_aux_weight_only_touches_dependent_stages(repo):
+    """While tune.enabled, a searched aux weight is neither read nor hashed by tune: only
+    train (which lists all of aux, read with tune.enabled=false) re-runs, then evaluate."""
+    from mmaux.config import load_config
+    from mmaux.tuning import study_name
+
+    work, env, _ = repo
+    before = study_name(load_config(work / "params.yaml"))
+    try:
+        _edit_params(work, aux={"itc_weight": 0.25, "itm_negatives": "hard"})
+        assert _stale(work, env) == {"train"}  # evaluate follows train's new output
+        assert study_name(load_config(work / "params.yaml")) == before  # study not restarted
+        _edit_params(work, aux={"weighting": "additive"})  # read by the trials
+        assert _stale(work, env) == {"tune", "train"}
+    finally:
+        _run(["git", "checkout", "params.yaml"], work, env)
+
+
+# A run long enough to be killed mid-training: 4 steps per epoch, checkpoints every 2 steps.
+_KILLABLE = {
+    "tune": {"enabled": False},
+    "train": {"epochs": 40, "patience": 40, "batch_size": 16, "checkpoint_every_steps": 2},
+    "tracking": {"enabled": False},
+}
+
+
+def _checkpoint(work: Path) -> Path | None:
+    from mmaux.checkpoint import find_checkpoint
+
+    return find_checkpoint(work / "runs" / "pipeline" / "checkpoint")
+
+
+def _checkpointed_since(work: Path, since: float) -> bool:
+    try:
+        return (found := _checkpoint(work)) is not None and found.stat().st_mtime >= since
+    except OSError:  # swapped for a newer one meanwhile
+        return False
+
+
+def _start_repro(work: Path, env, log: Path) -> subprocess.Popen:
+    """`dvc repro` in its own process group; returns once the train stage has checkpointed."""
+    started = time.time()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(DVC), "repro"],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 240
+    while not _checkpointed_since(work, started):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    return proc
+
+
+def _gone(procs, timeout: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for p in procs:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_killing_only_dvc_stops_the_stage(repo, tmp_path):
+    """The stage gets SIGTERM when dvc dies (PR_SET_PDEATHSIG; the command execs python):
+    the trainer checkpoints and the stage exits, with its Prefect server, leaving no orphan."""
+    import psutil
+
+    work, env, _ = repo
+    _edit_params(work, **_KILLABLE)
+    log = tmp_path / "repro.log"
+    try:
+        proc = _start_repro(work, env, log)
+        stage = psutil.Process(proc.pid).children(recursive=True)
+        assert any("flows.train" in " ".join(p.cmdline()) for p in stage), stage
+        proc.kill()  # dvc alone
+        proc.wait(timeout=30)
+        assert _gone(stage, timeout=60), [p.cmdline() for p in stage if p.is_running()]
+        assert "signal 15" in log.read_text()  # the trainer's handler: checkpoint, then stop
+        assert _checkpoint(work) is not None
+    finally:
+        shutil.rmtree(work / "runs" / "pipeline" / "checkpoint", ignore_errors=True)
+        _run(["git", "checkout", "params.yaml"], work, env)
+
+
+def test_a_killed_repro_resumes_training_from_its_checkpoint(repo, tmp_path):
+    """kill -9 of the whole `dvc repro` group mid-training: runs/pipeline persists and the
+    re-run continues from the checkpoint instead of training from scratch."""
+    work, env, _ = repo
+    _edit_params(work, **_KILLABLE)
+    try:
+        proc = _start_repro(work, env, tmp_path / "first.log")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        out = _run([str(DVC), "repro"], work, env)
+        assert "Running stage 'train'" in out and "resuming from" in out, out[-3000:]
+        steps = [
+            json.loads(line)["step"]
+            for line in (work / "runs/pipeline/steps.jsonl").read_text().splitlines()
+        ]
+        assert steps == sorted(set(steps)) and steps[-1] == 40 * 4  # continued, not redone
+        assert (work / "metrics.json").is_file() and _checkpoint(work) is None
+        assert "Running stage" not in _run([str(DVC), "repro"], work, env)
+    finally:
+        _run(["git", "checkout", "params.yaml"], work, env)
 
 
 def test_exp_run_with_a_set_param_and_exp_show(repo):

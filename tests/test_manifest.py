@@ -97,6 +97,16 @@ CASES = [
     ("wrong type", None, _row(text=5), "field 'text' must be a string"),
     ("unknown field", None, _row(colour="red"), "unknown field(s): colour"),
     ("bad json", None, '{"id": "x", ', "not valid JSON"),
+    ("wrong type, unknown field", None, _row(text=5, colour="red"), "field 'text' must be a"),
+    ("invisible text", None, _row(text="\u200b\u2060"), "text has no visible character"),
+    ("text too long", None, _row(text="x" * 5001), "text is 5,001 characters (limit 5,000"),
+    (
+        "lone surrogate",
+        None,
+        '{"id": "s", "text": "\\ud800", "image": "img/0.png", "label": "pos", "split": "test"}',
+        "a JSON string holds a lone surrogate (U+D800)",
+    ),
+    ("nul in image path", None, _row(image="img/\x000.png"), "leaves the data root"),
 ]
 
 

@@ -22,6 +22,14 @@ def _load_benchmark():
     return module
 
 
+def test_the_benchmark_times_the_trainers_own_step():
+    import mmaux.train_step as step
+
+    bench = _load_benchmark()
+    for name in ("forward_backward", "optimizer_step", "LossMeter", "build_optimizer"):
+        assert getattr(bench, name) is getattr(step, name), name
+
+
 def test_tiny_benchmark_reports_every_configuration(tmp_path, capsys):
     bench = _load_benchmark()
     out = tmp_path / "throughput.json"

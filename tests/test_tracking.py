@@ -1,5 +1,6 @@
-"""MLflow tracking against a real SQLite store: a tracked tiny training run, the pyfunc model,
-the registry's champion alias. One training run serves the whole module."""
+"""MLflow tracking against a real SQLite store: a tracked tiny training run, the pyfunc model
+(served from a fresh process, with the package copy it carries), the registry's champion
+alias. One training run serves the whole module. Failures: test_tracking_failures.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,45 +75,25 @@ def _tracking_cfg(tmp: Path, template: Path) -> TrackingConfig:
     )
 
 
-def _git(cwd: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
-    out = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @dataclass
 class Tracked:
     cfg: Config
     service: MlflowService
     result: TrainResult
     run_id: str
-    commit: str | None
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, mlflow_template, tiny_text_model, synth_root) -> Tracked:
-    """Train the shrunken real config once inside a tracked run, from a git working copy
-    holding a data.dvc file, with DVC_EXP_NAME set."""
+    """Train the shrunken real config once inside a tracked run (loss terms logged at every
+    step), from a directory holding a data.dvc file, with DVC_EXP_NAME set."""
     tmp = tmp_path_factory.mktemp("tracked")
     work = tmp / "work"
     work.mkdir()
     (work / "data.dvc").write_text(
         yaml.safe_dump({"outs": [{"md5": DATA_MD5, "nfiles": 1, "path": "data/raw"}]})
     )
-    commit = None
-    if shutil.which("git"):
-        _git(work, "init", "-q")
-        _git(work, "add", "data.dvc")
-        _git(work, "commit", "-q", "-m", "data")
-        commit = _git(work, "rev-parse", "HEAD")
-    cfg = shrunk_config(tmp, synth_root, tiny_text_model)
+    cfg = shrunk_config(tmp, synth_root, tiny_text_model, "train.log_every_steps=1")
     cfg.tracking = _tracking_cfg(tmp, mlflow_template)
     with _tracking_uri(cfg.tracking.tracking_uri), pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
@@ -119,9 +101,9 @@ def tracked(tmp_path_factory, mlflow_template, tiny_text_model, synth_root) -> T
         service = MlflowService(cfg.tracking)
         with service.run("train", tags=run_tags()) as run:
             log_config(cfg)
-            result = train(cfg, callbacks=[MlflowCallback(flush_every=4)])
+            result = train(cfg, callbacks=[MlflowCallback(service, flush_every=4)])
             log_result(result)
-    return Tracked(cfg, service, result, run.info.run_id, commit)
+    return Tracked(cfg, service, result, run.info.run_id)
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +169,11 @@ def test_tracked_run_has_params_histories_tags_and_reports(tracked, tmp_path):
     ]
     by_step = {m.step: m.value for m in ce}
     assert all(by_step[r["step"]] == pytest.approx(r["ce"]) for r in logged_steps)
-    for term in ("loss", "itc", "itm", "logit_scale"):
-        assert len(client.get_metric_history(tracked.run_id, f"train/step/{term}")) == steps
+    for term in ("loss", "itc", "itm", "itm_acc", "logit_scale"):
+        history = client.get_metric_history(tracked.run_id, f"train/step/{term}")
+        assert {m.step: m.value for m in history} == {
+            r["step"]: pytest.approx(r[term]) for r in logged_steps
+        }
 
     # Per epoch (steps 1, 2), then the final evaluation of the best weights at the last step.
     val = sorted(
@@ -214,8 +199,8 @@ def test_tracked_run_has_params_histories_tags_and_reports(tracked, tmp_path):
     tags = run.data.tags
     assert tags["data.version"] == DATA_MD5
     assert tags["dvc.exp_name"] == "exp-test"
-    if tracked.commit is not None:
-        assert tags["git.commit"] == tracked.commit
+    assert "git.commit" not in tags  # MLflow's mlflow.source.git.commit replaces it
+    assert json.loads(tags["mmaux.owner"])["pid"] == os.getpid()
 
     files = {f.path for f in client.list_artifacts(tracked.run_id)}
     assert {"metrics.json", "epochs.jsonl", "steps.jsonl", "predictions_test.csv"} <= files
@@ -235,37 +220,71 @@ def test_tracked_run_has_params_histories_tags_and_reports(tracked, tmp_path):
 # --------------------------------------------------------------------------- model + registry
 
 
-def test_champion_model_predicts_like_mmaux(tracked, logged, synth_root, monkeypatch):
-    import numpy as np
-    import pandas as pd
+_SERVE = """
+import json, sys
+import mlflow
+import pandas as pd
 
-    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # models-from-code
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame(json.loads(open(sys.argv[2]).read())))
+import mmaux
+
+print(json.dumps({"mmaux": mmaux.__file__, "out": out.to_dict(orient="list")}))
+"""
+
+
+def test_champion_model_predicts_like_mmaux_evaluate(tracked, logged, synth_root, tmp_path):
+    """The champion, loaded from code in a fresh process (as a model server would), with the
+    copy of the package it carries, returns `mmaux evaluate`'s probabilities: both run
+    :class:`mmaux.prediction.Predictor`."""
+    import numpy as np
+
+    from mmaux.evaluation import evaluate_run
+    from mmaux.prediction import Predictor
+
     name = tracked.cfg.tracking.registered_model
     score = tracked.result.metrics["val"]["macro_f1"]
     with _tracking_uri(tracked.service.tracking_uri):
         assert promote_if_better(tracked.service, logged.model_uri, name, score) == (1, True)
-        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        here = mlflow.pyfunc.load_model(f"models:/{name}@champion").unwrap_python_model()
+    assert isinstance(here.predictor, Predictor)  # no preprocessing of its own
+    metrics, pred, labels = evaluate_run(tracked.result.run_dir, "test")
 
-    posts = load_manifest(synth_root / "manifest.jsonl", root=synth_root).split("test")[:3]
+    posts = load_manifest(synth_root / "manifest.jsonl", root=synth_root).split("test")
+    assert pred.ids == [p.id for p in posts]
+    # Image paths absolute or relative to the working directory (the data root here).
+    rows = {
+        "text": [p.text for p in posts],
+        "image": [str(synth_root / p.image) if i % 2 else p.image for i, p in enumerate(posts)],
+    }
+    (tmp_path / "posts.json").write_text(json.dumps(rows))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = tracked.service.tracking_uri
+    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"  # models-from-code
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVE, f"models:/{name}@champion", str(tmp_path / "posts.json")],
+        cwd=synth_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.splitlines()[-1])
+    package = Path(served["mmaux"]).resolve()
+    assert REPO not in package.parents and "code" in package.parts  # the model's own copy
+
+    out = served["out"]
+    assert list(out) == ["label", *(f"p_{n}" for n in labels)]
+    probs = np.array([out[f"p_{n}"] for n in labels]).T
+    np.testing.assert_allclose(probs, pred.probs, rtol=0, atol=1e-6)
+    assert out["label"] == [labels[i] for i in pred.preds]
+    # The trainer's final evaluation (from the feature cache) agrees too.
     with (tracked.result.run_dir / "predictions_test.csv").open() as fh:
         reference = {row["id"]: row for row in csv.DictReader(fh)}
-    labels = json.loads((tracked.result.run_dir / "labels.json").read_text())
-    frame = pd.DataFrame(
-        {
-            "text": [p.text for p in posts],
-            # absolute and cwd-relative paths both work
-            "image": [str(synth_root / posts[0].image)]
-            + [os.path.relpath(synth_root / p.image) for p in posts[1:]],
-        }
-    )
-    out = model.predict(frame)
-    assert list(out.columns) == ["label", *(f"p_{n}" for n in labels)]
-    probs = out[[f"p_{n}" for n in labels]].to_numpy()
-    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-6)
-    for post, (_, row), p in zip(posts, out.iterrows(), probs, strict=True):
-        ref = reference[post.id]
-        assert row["label"] == ref["prediction"]
-        np.testing.assert_allclose(p, [float(ref[f"p_{n}"]) for n in labels], atol=1e-4)
+    expected = [[float(reference[p.id][f"p_{n}"]) for n in labels] for p in posts]
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    assert metrics["macro_f1"] == pytest.approx(tracked.result.test_macro_f1)
 
 
 def test_promote_only_when_better(tracked, logged):

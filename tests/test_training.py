@@ -51,7 +51,8 @@ def test_training_writes_a_complete_run(make_cfg, synth_root):
     }
     assert metrics["global_step"] == result.global_step == 2 * (96 // 16)
     steps = [json.loads(x) for x in (run / "steps.jsonl").read_text().splitlines()]
-    assert [s["step"] for s in steps] == list(range(1, 13))
+    # every train.log_every_steps (10) optimizer steps and at each epoch's last step (6, 12)
+    assert [s["step"] for s in steps] == [6, 10, 12]
     assert {"loss", "ce", "itc", "itm", "itm_acc", "logit_scale"} <= set(steps[0])
     epochs = [json.loads(x) for x in (run / "epochs.jsonl").read_text().splitlines()]
     assert len(epochs) == 2 and {"train_ce", "train_itc", "train_itm", "val_macro_f1"} <= set(
@@ -60,6 +61,22 @@ def test_training_writes_a_complete_run(make_cfg, synth_root):
     lines = (run / "predictions_test.csv").read_text().splitlines()
     assert len(lines) == 1 + 48 and lines[0].startswith("id,label,prediction,p_match_positive")
     # A checkpoint directory only ever holds safetensors and JSON: nothing to unpickle.
+
+
+def test_log_points_average_the_steps_between_them_and_never_change_training(make_cfg, tmp_path):
+    every = train(make_cfg(f"train.output_dir={tmp_path / 'a'}", "train.log_every_steps=1"))
+    sparse = train(make_cfg(f"train.output_dir={tmp_path / 'b'}", "train.log_every_steps=4"))
+    assert _same_weights(_weights(every.run_dir), _weights(sparse.run_dir))
+    assert every.metrics["test"] == sparse.metrics["test"]
+    rows = [json.loads(x) for x in (every.run_dir / "steps.jsonl").read_text().splitlines()]
+    means = [json.loads(x) for x in (sparse.run_dir / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert [m["step"] for m in means] == [4, 6, 8, 12]  # log points and epoch ends
+    for m, lo in zip(means, [0, 4, 6, 8], strict=True):
+        interval = [r for r in rows if lo < r["step"] <= m["step"]]
+        for key in ("loss", "ce", "itc", "itm", "itm_acc"):
+            assert m[key] == pytest.approx(sum(r[key] for r in interval) / len(interval))
+        assert m["logit_scale"] == interval[-1]["logit_scale"]  # the value after the step
 
 
 def test_same_seed_same_result_and_seed_matters(make_cfg, tmp_path):
@@ -75,7 +92,7 @@ class StopAt(Callback):
     def __init__(self, step: int, use_signal: bool = False):
         self.step, self.use_signal = step, use_signal
 
-    def on_step_end(self, trainer, step, terms):
+    def on_step_end(self, trainer, step):
         if step == self.step:
             if self.use_signal:
                 os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does

@@ -148,7 +148,7 @@ def test_a_failing_trial_is_marked_fail_and_re_raised(tune_cfg, tmp_path):
 def test_only_trials_of_dead_processes_are_failed(tune_cfg):
     import socket
 
-    from mmaux.tuning import _owner
+    from mmaux.owner import current_owner
 
     study = make_study(tune_cfg().tune)
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -158,7 +158,7 @@ def test_only_trials_of_dead_processes_are_failed(tune_cfg):
         "none": None,
         "dead": {"host": host, "pid": proc.pid, "start": None},
         "reused-pid": {"host": host, "pid": os.getpid(), "start": "0"},
-        "alive": _owner(),
+        "alive": current_owner(),
         "other-host": {"host": host + "-elsewhere", "pid": 1, "start": None},
     }
     trials = {}

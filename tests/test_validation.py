@@ -1,4 +1,5 @@
-"""Data validation with Great Expectations: real manifests, real images, real GX runs."""
+"""Data validation with Great Expectations: the rulebook's verdicts run as a real GX
+checkpoint over real manifests and images."""
 
 from __future__ import annotations
 
@@ -12,18 +13,20 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from mmaux.config import ValidationConfig
+from mmaux.config import DataRulesConfig, LeakageConfig
+from mmaux.data.rules import RULES, check_manifest
 from mmaux.validation import (
     DataValidationError,
     ValidationReport,
     check_data,
-    manifest_frame,
     validate_data,
+    verdict_frame,
 )
 
 LABELS = ["neg", "pos"]
 SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
-CFG = ValidationConfig()
+CFG = DataRulesConfig()
+NULL = "expect_column_values_to_be_null"
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -80,16 +83,17 @@ def _failed(report: ValidationReport) -> set[tuple[str, str | None]]:
 def test_good_manifest_passes_and_writes_data_docs(good_docs):
     report, docs = good_docs
     assert report.success, report.summary()
-    assert report.failures == []
+    assert report.failures == [] and report.warnings == []
     assert report.n_rows == len(SPLITS)
-    assert report.evaluated >= 10
+    # one expectation per rule that is not off (all are on by default)
+    assert report.evaluated == len(RULES)
     assert report.docs_index == docs.resolve() / "index.html"
     index = report.docs_index.read_text(encoding="utf-8")
-    assert "mmaux-manifest" in index and "mmaux-class-balance" in index
+    assert "mmaux-data-rules" in index
     assert (docs / "static").is_dir()  # styles travel with the site: self-contained
     summary = report.summary()
     assert summary.startswith("Data validation PASS: 10 manifest row(s)")
-    assert f"{report.evaluated}/{report.evaluated} expectations met" in summary
+    assert f"{report.evaluated}/{report.evaluated} expectations met, 0 warning(s)" in summary
     assert json.loads(json.dumps(report.to_dict()))["docs_index"].endswith("index.html")
 
 
@@ -97,11 +101,9 @@ def test_rerun_overwrites_data_docs_cleanly(good_root, good_docs):
     _, docs = good_docs
     validate_data(good_root, "manifest.jsonl", LABELS, CFG, docs_dir=docs)
     pages = sorted((docs / "validations").rglob("*.html"))
-    # One page per suite: the previous run's pages were replaced, not accumulated.
-    assert [p.relative_to(docs / "validations").parts[0] for p in pages] == [
-        "mmaux-class-balance",
-        "mmaux-manifest",
-    ]
+    # One page for the one suite: the previous run's page was replaced, not accumulated.
+    assert len(pages) == 1
+    assert pages[0].relative_to(docs / "validations").parts[0] == "mmaux-data-rules"
 
 
 def test_csv_manifest_passes(good_root, tmp_path):
@@ -115,18 +117,21 @@ def test_csv_manifest_passes(good_root, tmp_path):
     assert report.success, report.summary()
 
 
-def test_manifest_frame_is_lenient(good_root, tmp_path):
+def test_verdict_frame_has_a_column_per_rule(good_root, tmp_path):
     root = _copy(good_root, tmp_path)
     _write(root, _rows(), {3: "{oops", 5: "[1, 2]"})
-    frame = manifest_frame(root, "manifest.jsonl", LABELS)
+    verdict = check_manifest(root / "manifest.jsonl", root, LABELS)
+    frame = verdict_frame(verdict)
+    assert list(frame.columns) == ["line", "post_id", *(r.key for r in RULES)]
     assert len(frame) == len(SPLITS) + 2
-    bad = frame[~frame["parse_ok"]]
+    bad = frame[frame["parse"].notna()]
     assert list(bad["line"]) == [4, 6]
-    assert bad["parse_error"].str.contains("not valid JSON").iloc[0]
-    ok = frame[frame["parse_ok"]]
-    assert ok["image_exists"].tolist() == [True] * len(SPLITS)
-    assert ok["text_length"].tolist() == [len(f"post number {i}") for i in range(len(SPLITS))]
-    assert not ok["leaks"].any()
+    assert (
+        bad["parse"]
+        .iloc[0]
+        .endswith(":4: not valid JSON (Expecting property name enclosed in double quotes)")
+    )
+    assert frame.drop(columns=["line", "post_id", "parse"]).isna().all().all()
 
 
 # --------------------------------------------------------------------------- bad data
@@ -171,122 +176,126 @@ def _imbalance(root: Path, rows: list[dict]) -> None:
 
 def _leak(root: Path, rows: list[dict]) -> None:
     shutil.copyfile(root / "img" / "0.png", root / "img" / "copy.png")  # same bytes
-    rows[8].update(text="  POST   Number 0 ", image="img/copy.png")  # same normalised text
+    rows[8].update(text="  POST   Number 0! ", image="img/copy.png")  # same normalised text
 
 
 Mutation = Callable[[Path, list[dict]], None]
-BAD: list[tuple[str, Mutation, str, str, int, str, ValidationConfig]] = [
-    ("dup-id", _dup_id, "expect_column_values_to_be_unique", "id", 2, "line 2 (id=p0)", CFG),
-    (
-        "empty-text",
-        _empty_text,
-        "expect_column_values_to_be_between",
-        "text_length",
-        1,
-        "line 3 (id=p2): empty text",
-        CFG,
-    ),
-    (
-        "unknown-label",
-        _unknown_label,
-        "expect_column_values_to_be_in_set",
-        "label",
-        1,
-        "line 7 (id=p6): meh",
-        CFG,
-    ),
-    (
-        "bad-split",
-        _bad_split,
-        "expect_column_values_to_be_in_set",
-        "split",
-        1,
-        "line 8 (id=p7): dev",
-        CFG,
-    ),
+STRICT_BALANCE = DataRulesConfig(
+    min_class_fraction=0.25, max_class_fraction=0.9, class_balance="error"
+)
+BAD: list[tuple[str, Mutation, str, int, str, DataRulesConfig]] = [
+    ("dup-id", _dup_id, "duplicate_id", 1, ":2 (id=p0): duplicate id (first seen on line 1)", CFG),
+    ("empty-text", _empty_text, "text_empty", 1, ":3 (id=p2): empty text", CFG),
+    ("unknown-label", _unknown_label, "label", 1, ":7 (id=p6): unknown label 'meh'", CFG),
+    ("bad-split", _bad_split, "split", 1, ":8 (id=p7): unknown split 'dev'", CFG),
     (
         "corrupt-image",
         _corrupt_image,
-        "expect_column_values_to_be_in_set",
-        "image_decodable",
+        "image_decodes",
         1,
-        "line 9 (id=p8): img/bad.png (image cannot be decoded",
+        ":9 (id=p8): image cannot be decoded (UnidentifiedImageError): img/bad.png",
         CFG,
     ),
     (
         "missing-image",
         _missing_image,
-        "expect_column_values_to_be_in_set",
         "image_exists",
         1,
-        "line 10 (id=p9): img/missing.png (image file not found)",
+        ":10 (id=p9): image file not found: img/missing.png",
         CFG,
     ),
     (
         "escaping-path",
         _escaping_path,
-        "expect_column_values_to_be_in_set",
-        "image_inside_root",
+        "image_path",
         2,
-        "line 4 (id=p3): ../x.png",
+        ":4 (id=p3): image path '../x.png' leaves the data root",
         CFG,
     ),
     (
         "imbalance",
         _imbalance,
-        "expect_column_values_to_be_between",
-        "fraction",
+        "class_balance",
         1,
-        "label pos: 16.7% of train (1 of 6)",
-        ValidationConfig(min_class_fraction=0.25, max_class_fraction=0.9),
+        "manifest.jsonl: label 'pos' is 16.7% of train (1 of 6)",
+        STRICT_BALANCE,
     ),
     (
         "leakage",
         _leak,
-        "expect_column_values_to_be_in_set",
-        "leaks",
-        2,
-        "line 1 (id=p0): train, same post as id=p8 (test, line 9)",
+        "leakage_pairs",
+        1,
+        ":9 (id=p8): same text and image as id=p0 (train, line 1)",
         CFG,
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("mutate", "expectation", "column", "count", "example", "cfg"),
+    ("mutate", "column", "count", "example", "rules"),
     [case[1:] for case in BAD],
     ids=[case[0] for case in BAD],
 )
 def test_each_problem_fails_only_its_own_expectation(
-    good_root, tmp_path, mutate, expectation, column, count, example, cfg
+    good_root, tmp_path, mutate, column, count, example, rules
 ):
     root = _copy(good_root, tmp_path)
     rows = _rows()
     mutate(root, rows)
     _write(root, rows)
-    report = validate_data(root, "manifest.jsonl", None, cfg)
+    report = validate_data(root, "manifest.jsonl", None, rules)
     assert not report.success
-    assert _failed(report) == {(expectation, column)}, report.summary()
+    assert _failed(report) == {(NULL, column)}, report.summary()
     (failure,) = report.failures
     assert failure.unexpected_count == count
-    assert any(e.startswith(example) for e in failure.examples), failure.examples
+    assert any(example in e for e in failure.examples), failure.examples
+    assert all(e.startswith(str(root / "manifest.jsonl")) for e in failure.examples)
+
+
+def test_leaked_pair_also_warns_about_its_text_and_image(good_root, tmp_path):
+    root = _copy(good_root, tmp_path)
+    rows = _rows()
+    _leak(root, rows)
+    _write(root, rows)
+    report = validate_data(root, "manifest.jsonl", None, CFG)
+    assert {(w.column, w.unexpected_count, w.severity) for w in report.warnings} == {
+        ("leakage_texts", 1, "warn"),
+        ("leakage_images", 1, "warn"),
+    }
+    assert report.leak_groups == {"pairs": 1, "conflicting_texts": 0, "texts": 1, "images": 1}
+    assert "  - warning: no text may be in two splits: 1 unexpected" in report.summary()
 
 
 def test_malformed_json_line_fails_only_parsing(good_root, tmp_path):
     root = _copy(good_root, tmp_path)
     _write(root, _rows(), {4: '{"id": "p99", "text": '})
     report = validate_data(root, "manifest.jsonl", LABELS, CFG)
-    assert _failed(report) == {("expect_column_values_to_be_in_set", "parse_ok")}
+    assert _failed(report) == {(NULL, "parse")}
     (failure,) = report.failures
     assert failure.unexpected_count == 1
-    assert failure.examples[0].startswith("line 5: not valid JSON")
+    assert failure.examples[0].startswith(f"{root / 'manifest.jsonl'}:5: not valid JSON")
     assert report.n_rows == len(SPLITS) + 1
 
 
-def test_label_absent_from_train_fails_balance(good_root):
+def test_label_absent_from_train_warns_or_fails_by_configuration(good_root):
     report = validate_data(good_root, "manifest.jsonl", [*LABELS, "rare"], CFG)
-    assert _failed(report) == {("expect_column_values_to_be_between", "fraction")}
-    assert report.failures[0].examples == ["label rare: 0.0% of train (0 of 6)"]
+    assert report.success and report.failures == []
+    (warning,) = report.warnings
+    assert warning.column == "class_balance" and warning.severity == "warn"
+    assert warning.examples[0].endswith(
+        "label 'rare' is 0.0% of train (0 of 6); allowed 5%-80% (data.rules.min/max_class_fraction)"
+    )
+    strict = DataRulesConfig(class_balance="error")
+    report = validate_data(good_root, "manifest.jsonl", [*LABELS, "rare"], strict)
+    assert _failed(report) == {(NULL, "class_balance")} and not report.success
+
+
+def test_empty_manifest_fails_the_rows_rule(good_root, tmp_path):
+    root = _copy(good_root, tmp_path)
+    (root / "manifest.jsonl").write_text("\n")
+    report = validate_data(root, "manifest.jsonl", LABELS, CFG)
+    assert _failed(report) == {(NULL, "rows")}
+    assert report.failures[0].examples == [f"{root / 'manifest.jsonl'}: no usable rows"]
 
 
 def test_leakage_check_can_be_turned_off(good_root, tmp_path):
@@ -294,8 +303,12 @@ def test_leakage_check_can_be_turned_off(good_root, tmp_path):
     rows = _rows()
     _leak(root, rows)
     _write(root, rows)
-    report = validate_data(root, "manifest.jsonl", None, ValidationConfig(leakage=False))
-    assert report.success, report.summary()
+    off = DataRulesConfig(
+        leakage=LeakageConfig(pairs="off", conflicting_texts="off", texts="off", images="off")
+    )
+    report = validate_data(root, "manifest.jsonl", None, off)
+    assert report.success and report.warnings == [], report.summary()
+    assert report.evaluated == len(RULES) - 4
 
 
 def test_check_data_raises_a_readable_error(good_root, tmp_path):
@@ -307,12 +320,13 @@ def test_check_data_raises_a_readable_error(good_root, tmp_path):
     with pytest.raises(DataValidationError) as info:
         check_data(root, "manifest.jsonl", LABELS, CFG)
     msg = str(info.value)
+    path = root / "manifest.jsonl"
     assert msg == info.value.report.summary()
     assert msg.startswith("Data validation FAIL: 10 manifest row(s)")
-    assert "ids must be unique: 2 unexpected (expect_column_values_to_be_unique [id])" in msg
-    assert "e.g. line 2 (id=p0)" in msg
+    assert f"ids must be unique: 1 unexpected ({NULL} [duplicate_id])" in msg
+    assert f"e.g. {path}:2 (id=p0): duplicate id (first seen on line 1)" in msg
     assert "image files must exist: 1 unexpected" in msg
-    assert "e.g. line 10 (id=p9): img/missing.png (image file not found)" in msg
+    assert f"e.g. {path}:10 (id=p9): image file not found: img/missing.png" in msg
     assert len(info.value.report.failures) == 2
     assert json.loads(json.dumps(info.value.report.to_dict()))["success"] is False
 

@@ -19,18 +19,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmaux.data.dataset import ImageFeatures
-from mmaux.data.images import load_rgb
+from mmaux.data.images import DEFAULT_MAX_IMAGE_PIXELS, file_digest, load_rgb
+from mmaux.fsio import atomic_target
 from mmaux.models.encoders import image_tokens_and_pooled
 
 CACHE_VERSION = 1
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a file's bytes (the image digest the data rulebook uses too)."""
+    return file_digest(path)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -76,15 +74,20 @@ def extract_features(
     device: torch.device,
     batch_size: int = 64,
     progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run a (frozen, eval-mode) backbone over image files; return pooled (and token) features."""
+    """Run a (frozen, eval-mode) backbone over image files; return pooled (and token) features.
+
+    An image over ``max_pixels`` (``data.rules.max_image_pixels``) or undecodable raises
+    :class:`~mmaux.data.images.ImageLoadError` naming the file."""
     was_training = model.training
     model.eval()
     pooled, tokens = [], []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="image features", disable=None if progress else True):
         chunk = images[start : start + batch_size]
-        pixels = torch.stack([transform(load_rgb(root / rel)) for rel in chunk]).to(device)
+        decoded = [transform(load_rgb(root / rel, max_pixels)) for rel in chunk]
+        pixels = torch.stack(decoded).to(device)
         tok, pool = image_tokens_and_pooled(model, pixels)
         pooled.append(pool.float().cpu())
         if need_tokens:
@@ -110,6 +113,7 @@ def cached_pixels(
     images: Sequence[str],
     transform: Callable,
     cache_dir: Path | None,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[dict[str, int], torch.Tensor, bool]:
     """Images decoded, resized and cropped once, as uint8 (N, 3, H, W); from cache when
     possible. ``ToTensor`` of a uint8 image is exactly ``x / 255``, so this is lossless."""
@@ -122,13 +126,13 @@ def cached_pixels(
     rows = {rel: i for i, rel in enumerate(unique)}
     if path is not None and path.is_file():
         return rows, load_file(str(path))["pixels"], True
-    arrays = [np.asarray(geometry(load_rgb(root / rel)), dtype=np.uint8) for rel in unique]
+    arrays = [
+        np.asarray(geometry(load_rgb(root / rel, max_pixels)), dtype=np.uint8) for rel in unique
+    ]
     pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"pixels": pixels}, str(tmp), metadata={"images": json.dumps(unique)})
-        tmp.replace(path)
+        with atomic_target(path) as tmp:
+            save_file({"pixels": pixels}, str(tmp), metadata={"images": json.dumps(unique)})
     return rows, pixels, False
 
 
@@ -142,6 +146,7 @@ def cached_image_features(
     need_tokens: bool,
     device: torch.device,
     progress: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[ImageFeatures, bool]:
     """Features for the unique ``images`` (relative paths), from cache when possible.
 
@@ -156,14 +161,19 @@ def cached_image_features(
         if tensors["pooled"].shape[0] == len(unique):
             return ImageFeatures(rows, tensors["pooled"], tensors.get("tokens")), True
     pooled, tokens = extract_features(
-        model, root, unique, transform, need_tokens, device, progress=progress
+        model,
+        root,
+        unique,
+        transform,
+        need_tokens,
+        device,
+        progress=progress,
+        max_pixels=max_pixels,
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"pooled": pooled.contiguous()}
         if tokens is not None:
             tensors["tokens"] = tokens.contiguous()
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"images": json.dumps(unique)})
-        tmp.replace(path)
+        with atomic_target(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"images": json.dumps(unique)})
     return ImageFeatures(rows, pooled, tokens), False

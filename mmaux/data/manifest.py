@@ -9,24 +9,44 @@ A data set is a directory (the *data root*) holding:
 * ``dataset.json``: ``{"name": ..., "labels": [ordered label names], ...}``.
 * the images, anywhere under the root.
 
-Loading never drops a row silently: with ``on_error="raise"`` every problem is collected
-and raised together; with ``on_error="skip"`` bad rows are left out and returned in
-:attr:`Manifest.skipped`, each with file, line, id and reason.
+Loading judges the manifest with the data rulebook (:mod:`mmaux.data.rules`, settings in
+``data.rules``) and never drops a row silently: with ``on_error="raise"`` every error is
+collected and raised together; with ``on_error="skip"`` rejected rows are left out and
+returned in :attr:`Manifest.skipped`, each with file, line, id and reason. Warnings (e.g.
+texts shared across splits) keep their rows and are logged and kept in
+:attr:`Manifest.warnings`. Data set errors (class balance, no usable row) always raise.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
-from mmaux.data.images import ImageCheck, image_problem
+from mmaux.config import DataRulesConfig
+from mmaux.data.images import ImageCheck
+from mmaux.data.rules import REQUIRED, SPLITS, RowProblem, check_manifest
+from mmaux.fsio import atomic_target, atomic_write_text
 
-SPLITS = ("train", "val", "test")
-REQUIRED = ("id", "text", "image", "label", "split")
+__all__ = [
+    "DATASET_INFO",
+    "REQUIRED",
+    "SPLITS",
+    "Manifest",
+    "ManifestError",
+    "Post",
+    "RowProblem",
+    "load_manifest",
+    "read_dataset_info",
+    "write_dataset_info",
+    "write_manifest",
+    "write_skip_report",
+]
+
+log = logging.getLogger(__name__)
 DATASET_INFO = "dataset.json"
 
 
@@ -46,20 +66,6 @@ class Post:
         if not d["meta"]:
             d.pop("meta")
         return d
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    """Why one manifest row was rejected."""
-
-    file: str
-    line: int
-    post_id: str | None
-    problem: str
-
-    def __str__(self) -> str:
-        who = f" (id={self.post_id})" if self.post_id is not None else ""
-        return f"{self.file}:{self.line}{who}: {self.problem}"
 
 
 class ManifestError(ValueError):
@@ -83,6 +89,7 @@ class Manifest:
     posts: list[Post]
     skipped: list[RowProblem] = field(default_factory=list)
     source: Path | None = None
+    warnings: list[RowProblem] = field(default_factory=list)
 
     def split(self, name: str) -> list[Post]:
         return [p for p in self.posts if p.split == name]
@@ -120,113 +127,17 @@ def read_dataset_info(root: Path) -> dict[str, Any]:
 
 
 def write_dataset_info(root: Path, info: dict[str, Any]) -> Path:
-    path = Path(root) / DATASET_INFO
-    path.write_text(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    return path
+    text = json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return atomic_write_text(Path(root) / DATASET_INFO, text)
 
 
 def write_manifest(posts: Iterable[Post], path: Path) -> Path:
     """Write posts as JSON Lines, deterministically (same posts give the same bytes)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="\n") as fh:
+    with atomic_target(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as fh:
         for post in posts:
             fh.write(json.dumps(post.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
     return path
-
-
-def iter_rows(
-    path: Path, lenient: bool = False
-) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield (line number, row or None, parse problem or None) for every non-blank row.
-
-    Strict (the loader): a CSV without the required columns raises. Lenient (the data
-    validator): missing columns are left to the schema check and undecodable bytes are
-    replaced, so every row can still be reported on.
-    """
-    errors = "replace" if lenient else "strict"
-    if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", errors=errors, newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-            if missing and not lenient:
-                raise ManifestError(
-                    [RowProblem(str(path), 1, None, f"missing column(s): {', '.join(missing)}")]
-                )
-            for row in reader:
-                line = reader.line_num
-                if None in row:
-                    yield line, None, "row has more fields than the header"
-                    continue
-                row = {k: v for k, v in row.items() if v is not None}
-                meta = row.pop("meta", "")
-                if meta:
-                    try:
-                        row["meta"] = json.loads(meta)
-                    except json.JSONDecodeError:
-                        yield line, None, "meta is not valid JSON"
-                        continue
-                yield line, row, None
-        return
-    with path.open(encoding="utf-8", errors=errors) as fh:
-        for line, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as err:
-                yield line, None, f"not valid JSON ({err.msg})"
-                continue
-            if not isinstance(row, dict):
-                yield line, None, f"row is a JSON {type(row).__name__}, not an object"
-                continue
-            yield line, row, None
-
-
-def _resolve_inside(root: Path, rel: str) -> Path | None:
-    """The image path under ``root``, or ``None`` if it is absolute or leaves the root."""
-    pure = PurePosixPath(rel.replace("\\", "/"))
-    if pure.is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
-        return None
-    full = (root / pure).resolve()
-    try:
-        full.relative_to(root.resolve())
-    except ValueError:
-        return None
-    return full
-
-
-def _row_problem(
-    row: dict[str, Any], root: Path, labels: set[str], check: ImageCheck
-) -> str | None:
-    missing = [k for k in REQUIRED if k not in row or row[k] is None]
-    if missing:
-        return f"missing field(s): {', '.join(missing)}"
-    unknown = sorted(set(row) - set(REQUIRED) - {"meta"})
-    if unknown:
-        return f"unknown field(s): {', '.join(unknown)}"
-    for k in REQUIRED:
-        if not isinstance(row[k], str):
-            return f"field {k!r} must be a string, got {type(row[k]).__name__}"
-    if "meta" in row and not isinstance(row["meta"], dict):
-        return "meta must be an object"
-    if not row["id"].strip():
-        return "empty id"
-    if not row["text"].strip():
-        return "empty text"
-    if row["label"] not in labels:
-        return f"unknown label {row['label']!r} (expected one of {sorted(labels)})"
-    if row["split"] not in SPLITS:
-        return f"unknown split {row['split']!r} (expected one of {list(SPLITS)})"
-    if not row["image"].strip():
-        return "empty image path"
-    full = _resolve_inside(root, row["image"])
-    if full is None:
-        return f"image path {row['image']!r} leaves the data root"
-    problem = image_problem(full, check)
-    if problem:
-        return f"{problem}: {row['image']}"
-    return None
 
 
 def load_manifest(
@@ -235,57 +146,61 @@ def load_manifest(
     labels: list[str] | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     check_images: ImageCheck = "decode",
+    rules: DataRulesConfig | None = None,
 ) -> Manifest:
-    """Load and validate a manifest.
+    """Load a manifest and judge it with the data rulebook (``rules``: ``data.rules``).
 
-    ``root`` defaults to the manifest's directory and ``labels`` to ``dataset.json``'s.
-    Every row is checked (fields, empty text, unknown label or split, duplicate id, image
-    path inside the root, image present and decodable). With ``on_error="raise"`` all
-    problems are raised together as :class:`ManifestError`; with ``"skip"`` bad rows are
-    returned in ``skipped``. A duplicate id keeps its first row and rejects the later ones.
+    ``root`` defaults to the manifest's directory and ``labels`` to ``dataset.json``'s. With
+    ``on_error="raise"`` all rejected rows are raised together as :class:`ManifestError`;
+    with ``"skip"`` they are returned in ``skipped``. A duplicate id keeps its first row; a
+    leaked copy (an error-severity leakage kind) is rejected outside its earliest split.
     """
     path = Path(path)
     root = Path(root) if root is not None else path.parent
+    rules = rules or DataRulesConfig()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found (run `mmaux synth` or an importer)")
     if labels is None:
         labels = list(read_dataset_info(root)["labels"])
-    label_set = set(labels)
-    posts: list[Post] = []
-    problems: list[RowProblem] = []
-    first_line: dict[str, int] = {}
-    for line, row, parse_problem in iter_rows(path):
-        post_id = row.get("id") if row is not None and isinstance(row.get("id"), str) else None
-        problem = parse_problem or _row_problem(row, root, label_set, check_images)  # type: ignore[arg-type]
-        if problem is None and post_id in first_line:
-            problem = f"duplicate id (first seen on line {first_line[post_id]})"
-        if problem is not None:
-            problems.append(RowProblem(str(path), line, post_id, problem))
-            continue
-        assert row is not None and post_id is not None
-        first_line[post_id] = line
-        posts.append(
-            Post(
-                id=post_id,
-                text=row["text"],
-                image=row["image"].replace("\\", "/"),
-                label=row["label"],
-                split=row["split"],
-                meta=dict(row.get("meta") or {}),
-            )
+    verdict = check_manifest(path, root, labels, rules, check_images)
+    rejected = verdict.rejected()
+    dataset_errors = verdict.dataset_errors()
+    if rejected and on_error == "raise":
+        raise ManifestError(rejected + dataset_errors, header=f"{path}: {len(rejected)} bad row(s)")
+    if dataset_errors:
+        head = "no usable rows" if dataset_errors[-1].rule == "rows" else "data set rule(s) failed"
+        raise ManifestError(rejected + dataset_errors, header=f"{path}: {head}")
+    warnings = verdict.warnings()
+    if warnings:
+        log.warning(
+            "%s: %d warning(s) (kept; see data.rules), e.g.\n  %s",
+            path,
+            len(warnings),
+            "\n  ".join(str(w) for w in warnings[:5]),
         )
-    if problems and on_error == "raise":
-        raise ManifestError(problems, header=f"{path}: {len(problems)} bad row(s)")
-    if not posts:
-        raise ManifestError(problems, header=f"{path}: no usable rows")
-    return Manifest(root=root, labels=list(labels), posts=posts, skipped=problems, source=path)
+    posts = [
+        Post(
+            id=row["id"],
+            text=row["text"],
+            image=row["image"].replace("\\", "/"),
+            label=row["label"],
+            split=row["split"],
+            meta=dict(row.get("meta") or {}),
+        )
+        for rv in verdict.accepted()
+        if (row := rv.row) is not None
+    ]
+    return Manifest(
+        root=root,
+        labels=list(labels),
+        posts=posts,
+        skipped=rejected,
+        source=path,
+        warnings=warnings,
+    )
 
 
 def write_skip_report(problems: list[RowProblem], path: Path) -> Path:
-    """Write skipped rows as JSON Lines (file, line, post_id, problem)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for p in problems:
-            fh.write(json.dumps(asdict(p), ensure_ascii=False) + "\n")
-    return path
+    """Write findings as JSON Lines (file, line, post_id, problem, rule, severity)."""
+    lines = "".join(json.dumps(asdict(p), ensure_ascii=False) + "\n" for p in problems)
+    return atomic_write_text(Path(path), lines)

@@ -4,9 +4,14 @@ An importer reads the raw format into :class:`RawPost` records; :func:`write_dat
 does the rest the same way for every data set: check each source image, copy or link it
 into ``out/images/`` (sources are never modified), assign a seeded stratified 80/10/10
 split where the data set has no official one, and write ``manifest.jsonl``,
-``dataset.json`` and ``import_report.json``. Missing or unreadable images are listed in
-the report; ``on_missing="fail"`` stops the import, ``"drop"`` leaves those posts out and
-records the choice and the dropped ids in ``dataset.json``. Nothing is dropped silently.
+``dataset.json`` and ``import_report.json``. Images and posts are judged by the data
+rulebook (:mod:`mmaux.data.rules`), so an import never writes a row the loader rejects:
+missing, over-limit or unreadable images are listed in the report (``on_missing="fail"``
+stops the import, ``"drop"`` leaves those posts out and records the choice and the dropped
+ids in ``dataset.json``); posts that break a row rule (invisible-only or over-long text, an
+id that would leave the image folder) are left out and listed with the skipped rows.
+Leakage across splits and class balance are reported in the notes, never dropped. Nothing
+is dropped silently.
 """
 
 from __future__ import annotations
@@ -22,8 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mmaux.data.images import image_problem
+from mmaux.config import DataRulesConfig
 from mmaux.data.manifest import SPLITS, Post, write_dataset_info, write_manifest
+from mmaux.data.rules import (
+    check_manifest,
+    image_file_problem,
+    image_path_problem,
+    leak_notes,
+    post_problems,
+    resolve_image,
+)
+from mmaux.fsio import atomic_write_text
 
 OnMissing = Literal["drop", "fail"]
 # No symlinks: a link out of the data root is exactly what the manifest loader rejects.
@@ -162,21 +176,27 @@ def write_dataset(
     seed: int = 0,
     skipped_rows: Sequence[dict[str, Any]] = (),
     notes: Sequence[str] = (),
+    rules: DataRulesConfig | None = None,
 ) -> ImportReport:
-    """Check, place and write ``posts`` as a canonical data directory; return the report."""
+    """Check, place and write ``posts`` as a canonical data directory; return the report.
+
+    ``rules`` (``data.rules``, default: its defaults) judges every post and image."""
     out_dir = Path(out_dir)
+    rules = rules or DataRulesConfig()
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / "manifest.jsonl").exists():
         raise ImportFailed(f"{out_dir}: already holds a data set; choose an empty --out")
     dupes = sorted(i for i, n in Counter(p.id for p in posts).items() if n > 1)
     if dupes:
         raise ImportFailed(f"{source}: duplicate post ids in the raw data: {dupes[:10]}")
+    posts, refused = _refuse_rule_breakers(posts, out_dir, labels, rules, source)
     missing = []
     for p in posts:
         if p.image is None:
             problem = p.image_note or "no image named"
         else:
-            problem = image_problem(Path(p.image))
+            found = image_file_problem(Path(p.image), rules)
+            problem = found[1] if found else None
         if problem:
             missing.append({"id": p.id, "image": str(p.image), "problem": problem})
     if missing and on_missing == "fail":
@@ -210,7 +230,7 @@ def write_dataset(
         on_missing=on_missing,
         counts=counts,
         missing_images=missing,
-        skipped_rows=list(skipped_rows),
+        skipped_rows=list(skipped_rows) + refused,
         notes=list(notes),
     )
     write_dataset_info(
@@ -229,6 +249,52 @@ def write_dataset(
             },
         },
     )
-    (out_dir / "import_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     write_manifest(out_posts, out_dir / "manifest.jsonl")
+    report.notes += _data_set_notes(out_dir, labels, rules)
+    atomic_write_text(out_dir / "import_report.json", json.dumps(asdict(report), indent=2) + "\n")
     return report
+
+
+def _refuse_rule_breakers(
+    posts: Sequence[RawPost],
+    out_dir: Path,
+    labels: Sequence[str],
+    rules: DataRulesConfig,
+    source: Path,
+) -> tuple[list[RawPost], list[dict[str, Any]]]:
+    """Posts that pass the rulebook's row rules (id, text, label, split, the image path they
+    will get), and a skipped-row entry for each one that does not."""
+    kept, refused = [], []
+    for p in posts:
+        problems = post_problems(p.id, p.text, p.label, p.split, labels, rules)
+        suffix = Path(p.image).suffix.lower() if p.image is not None else ""
+        rel = f"images/{p.id}{suffix}"
+        if resolve_image(out_dir, rel) is None:
+            problems["image_path"] = image_path_problem(rel)
+        if not problems:
+            kept.append(p)
+            continue
+        rule = next(iter(problems))
+        refused.append(
+            {
+                "file": str(p.meta.get("source_file", source)),
+                "line": p.meta.get("source_line"),
+                "id": p.id,
+                "rule": rule,
+                "problem": "; ".join(problems.values()),
+            }
+        )
+    return kept, refused
+
+
+def _data_set_notes(out_dir: Path, labels: Sequence[str], rules: DataRulesConfig) -> list[str]:
+    """The rulebook's verdict on the written set: leakage and class balance as notes (rows
+    are never dropped for them); a row error here would be a bug, so it fails the import."""
+    verdict = check_manifest(out_dir / "manifest.jsonl", out_dir, labels, rules, "exists")
+    rejected = [r for r in verdict.rejected() if not r.rule.startswith("leakage_")]
+    if rejected:
+        listed = "\n".join(f"  {r}" for r in rejected[:10])
+        raise ImportFailed(f"{out_dir}: the written manifest breaks row rules:\n{listed}")
+    notes = leak_notes(verdict)
+    notes += [f"{f.severity} ({f.rule}): {f.problem}" for f in verdict.dataset]
+    return notes

@@ -7,6 +7,7 @@ negatives re-run only the fusion head, never the encoders.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -108,13 +109,24 @@ class MultimodalClassifier(nn.Module):
                 self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
     # ------------------------------------------------------------------ encode
+    def _encoder_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The padding mask as the 4D (B, 1, 1, L) mask transformers passes through as is.
+
+        Given the 2D mask, transformers asks ``mask.all()`` on the host to decide whether
+        SDPA may skip it: a GPU synchronisation in every step. SDPA takes a boolean mask
+        (True = attend); eager attention an additive one."""
+        mask = attention_mask[:, None, None, :].bool()
+        assert self.text_encoder is not None
+        if getattr(self.text_encoder.config, "_attn_implementation", "sdpa") == "sdpa":
+            return mask
+        low = torch.finfo(torch.float32).min
+        return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, low)
+
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         assert self.text_encoder is not None
-        if self.text_frozen:
-            with torch.no_grad():
-                tokens = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
-        else:
-            tokens = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        mask = self._encoder_mask(attention_mask)
+        with torch.no_grad() if self.text_frozen else contextlib.nullcontext():
+            tokens = self.text_encoder(input_ids=input_ids, attention_mask=mask)
         tokens = tokens.last_hidden_state
         if self.pooling == "cls":
             pooled = tokens[:, 0]

