@@ -118,6 +118,7 @@ class Predictor:
             self.cfg.data.max_text_length,
             transform=self.transform,
             use_image=self.transform is not None,
+            max_pixels=self.cfg.data.rules.max_image_pixels,
         )
 
     def loader(self, dataset: PostDataset, num_workers: int = 0) -> DataLoader:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mmaux.data.images import load_rgb
+from mmaux.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_rgb
 from mmaux.data.manifest import Manifest, Post
 
 
@@ -46,8 +46,10 @@ class PostDataset(Dataset):
         features: ImageFeatures | None = None,
         use_image: bool = True,
         pixels: ImagePixels | None = None,
+        max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ):
         self.root = Path(manifest.root)
+        self.max_pixels = max_pixels  # data.rules.max_image_pixels, for images decoded here
         self.posts = list(posts)
         index = manifest.label_index()
         self.labels = [index[p.label] for p in self.posts]
@@ -91,7 +93,8 @@ class PostDataset(Dataset):
                 item["pixel_values"] = self.pixels.normalize(raw.float().div_(255))
             else:
                 assert self.transform is not None
-                item["pixel_values"] = self.transform(load_rgb(self.root / post.image))
+                image = load_rgb(self.root / post.image, self.max_pixels)
+                item["pixel_values"] = self.transform(image)
         return item
 
 
