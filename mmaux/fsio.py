@@ -54,10 +54,3 @@ def atomic_write_text(path: Path, text: str, encoding: str = "utf-8") -> Path:
     with atomic_target(path) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_target(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)

@@ -184,12 +184,6 @@ class LossTerms:
         ]
         return names, [self.total, self.ce] + [getattr(self, n) for n in names[2:]]
 
-    def as_floats(self) -> dict[str, float]:
-        """The terms as Python floats, fetched from the device in one transfer."""
-        names, tensors = self.named()
-        values = torch.stack([t.detach().float() for t in tensors]).tolist()
-        return dict(zip(names, values, strict=True))
-
 
 def compute_losses(
     model: MultimodalClassifier,

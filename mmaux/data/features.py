@@ -26,11 +26,6 @@ from mmaux.models.encoders import image_tokens_and_pooled
 CACHE_VERSION = 1
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (the image digest the data rulebook uses too)."""
-    return file_digest(path)
-
-
 def weights_digest(model: nn.Module) -> str:
     """sha256 of a module's parameters and buffers: what its features really depend on
     (a name or a ``pretrained`` flag does not pin random or replaced weights)."""
@@ -60,7 +55,7 @@ def cache_key(
         ).encode()
     )
     for rel in images:
-        h.update(rel.encode() + b"\0" + file_sha256(root / rel).encode() + b"\n")
+        h.update(rel.encode() + b"\0" + file_digest(root / rel).encode() + b"\n")
     return h.hexdigest()[:32]
 
 

@@ -94,14 +94,6 @@ def image_check(
     return None
 
 
-def image_problem(
-    path: Path, check: ImageCheck = "decode", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
-) -> str | None:
-    """A short description of what is wrong with an image file, or ``None``."""
-    found = image_check(path, check, max_pixels)
-    return found[1] if found else None
-
-
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes (byte-identical images have the same digest)."""
     h = hashlib.sha256()
