@@ -65,9 +65,14 @@ def evaluate(
 ) -> tuple[dict[str, Any], Predictions]:
     """Metrics (macro-F1 first) and the raw predictions."""
     pred = predict(model, loader, device, precision)
+    return prediction_metrics(pred, labels), pred
+
+
+def prediction_metrics(pred: Predictions, labels: list[str]) -> dict[str, Any]:
+    """Classification metrics of predictions, and their cross-entropy as ``loss``."""
     metrics = classification_metrics(pred.labels.tolist(), pred.preds.tolist(), labels)
     metrics["loss"] = pred.loss
-    return metrics, pred
+    return metrics
 
 
 def write_predictions(pred: Predictions, labels: list[str], path: Path) -> Path:
@@ -118,7 +123,6 @@ def evaluate_run(
     if labels != manifest.labels:
         raise ValueError(f"label set changed since training: {labels} vs {manifest.labels}")
     pred = predictor.predict(manifest.split(split), manifest.root, cfg.train.num_workers)
-    metrics = classification_metrics(pred.labels.tolist(), pred.preds.tolist(), labels)
-    metrics["loss"] = pred.loss
+    metrics = prediction_metrics(pred, labels)
     metrics["split"] = split
     return metrics, pred, labels

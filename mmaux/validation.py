@@ -24,7 +24,7 @@ import pandas as pd
 from mmaux.config import DataRulesConfig
 from mmaux.data.images import ImageCheck
 from mmaux.data.manifest import read_dataset_info
-from mmaux.data.rules import RULES, DataVerdict, check_manifest, severity
+from mmaux.data.rules import RULE_ORDER, RULES, DataVerdict, check_manifest, severity
 
 SUITE = "mmaux-data-rules"
 DOCS_SITE = "mmaux"
@@ -258,8 +258,7 @@ def validate_data(
     (result,) = outcome.run_results.values()
 
     unmet = [_unmet(r) for r in result.results if not r.success]
-    order = {r.key: i for i, r in enumerate(RULES)}
-    unmet.sort(key=lambda f: order.get(f.column or "", len(order)))
+    unmet.sort(key=lambda f: RULE_ORDER.get(f.column or "", len(RULE_ORDER)))
     failures = [f for f in unmet if f.severity == "error"]
     return ValidationReport(
         success=result.get_max_severity_failure() != FailureSeverity.CRITICAL,

@@ -606,12 +606,13 @@ def check_manifest(
 def leak_notes(verdict: DataVerdict, show: int = 3) -> list[str]:
     """One line per leakage kind found: severity, group count and a few examples."""
     notes = []
+    findings = verdict.findings()
     for kind in LEAK_KINDS:
         n = verdict.leak_groups.get(kind, 0)
         if not n:
             continue
         rule = f"leakage_{kind}"
-        found = [f for f in verdict.findings() if f.rule == rule]
+        found = [f for f in findings if f.rule == rule]
         examples = "; ".join(f"id={f.post_id}: {f.problem}" for f in found[:show])
         notes.append(
             f"leakage across splits ({severity(rule, verdict.rules)}, data.rules.leakage."
