@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -413,3 +414,19 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = 
 def dump_config(cfg: Config) -> dict[str, Any]:
     """A JSON/YAML-safe dictionary of the configuration."""
     return cfg.model_dump(mode="json")
+
+
+# (section, key) pairs that change how a run is shown, logged or stored, never what it
+# computes: left out wherever runs are compared (resume, reuse, the study hash).
+RESULT_NEUTRAL_KEYS: frozenset[tuple[str, str]] = frozenset(
+    {("train", k) for k in ("progress", "num_workers", "output_dir", "log_every_steps")}
+    | {("data", "cache_dir")}
+)
+
+
+def without_keys(raw: dict[str, Any], keys: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """A copy of a dumped configuration (section -> key -> value) without ``keys``."""
+    drop = set(keys)
+    return {
+        sec: {k: v for k, v in body.items() if (sec, k) not in drop} for sec, body in raw.items()
+    }

@@ -52,7 +52,7 @@ from mmaux.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from mmaux.config import Config, dump_config
+from mmaux.config import RESULT_NEUTRAL_KEYS, Config, dump_config, without_keys
 from mmaux.data.manifest import Manifest, write_skip_report
 from mmaux.distributed import any_rank, barrier, broadcast, init_from_env, shard
 from mmaux.evaluation import evaluate, evaluate_splits
@@ -72,13 +72,11 @@ from mmaux.train_step import (
 log = logging.getLogger(__name__)
 
 # Keys that may differ between an interrupted run and its resumption.
-_RESUME_FREE = {
+_RESUME_FREE = RESULT_NEUTRAL_KEYS | {
     ("train", k)
-    for k in (
-        "epochs patience progress output_dir num_workers compile channels_last deterministic "
-        "checkpoint_every_steps log_every_steps"
-    ).split()
-} | {("data", "check_images"), ("data", "on_error"), ("data", "cache_dir")}
+    for k in "epochs patience compile channels_last deterministic checkpoint_every_steps".split()
+}
+_RESUME_FREE |= {("data", "check_images"), ("data", "on_error")}
 _RESUME_FREE |= {("eval", "batch_size"), ("eval", "split")}
 _OUTPUTS = (  # a finished run's files, kept until a fresh run in its directory checkpoints
     *("config.yaml", "labels.json", "skipped.jsonl", "steps.jsonl", "epochs.jsonl"),
@@ -225,10 +223,7 @@ def install_stop_signals(stop: threading.Event) -> dict[int, Any]:
 
 
 def _resume_view(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    return {
-        sec: {k: v for k, v in body.items() if (sec, k) not in _RESUME_FREE}
-        for sec, body in cfg_dict.items()
-    }
+    return without_keys(cfg_dict, _RESUME_FREE)
 
 
 class _PreviousOutputs:
@@ -540,17 +535,6 @@ class Trainer:
         return summary
 
 
-_COSMETIC = {("train", k) for k in ("progress", "num_workers", "output_dir", "log_every_steps")}
-
-
-def _outcome_view(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """The configuration minus keys that cannot change a run's result."""
-    return {
-        sec: {k: v for k, v in body.items() if (sec, k) not in _COSMETIC | {("data", "cache_dir")}}
-        for sec, body in cfg_dict.items()
-    }
-
-
 def finished_run(cfg: Config) -> TrainResult | None:
     """The finished run in ``train.output_dir`` if it was trained with this configuration
     (up to keys that cannot change the result), else None."""
@@ -559,7 +543,9 @@ def finished_run(cfg: Config) -> TrainResult | None:
     if not all(f.is_file() for f in files) or find_checkpoint(run_dir / "checkpoint"):
         return None
     saved = yaml.safe_load(files[2].read_text())
-    if _outcome_view(saved) != _outcome_view(dump_config(cfg)):
+    if without_keys(saved, RESULT_NEUTRAL_KEYS) != without_keys(
+        dump_config(cfg), RESULT_NEUTRAL_KEYS
+    ):
         return None
     metrics = json.loads(files[0].read_text())
     epochs = run_dir / "epochs.jsonl"

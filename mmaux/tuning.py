@@ -41,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mmaux.assemble import load_data
 from mmaux.config import (
+    RESULT_NEUTRAL_KEYS,
     AuxConfig,
     Config,
     ConfigError,
@@ -48,6 +49,7 @@ from mmaux.config import (
     config_from_dict,
     dump_config,
     parse_override,
+    without_keys,
 )
 from mmaux.data.manifest import Manifest
 from mmaux.fsio import atomic_write_text
@@ -66,18 +68,8 @@ TAKEN = (*FINISHED, TrialState.RUNNING)  # trials that fill one of the n_trials 
 CLAIM_GRACE_S = 15  # a claim lock left by a killed process is broken after this long
 _WEIGHT_FILES = ("model.safetensors", "best.safetensors")
 # Keys no trial reads (trials train tune.epochs) or that cannot change a trial's result.
-_UNHASHED = {
-    "data": ("cache_dir",),
-    "train": (
-        "epochs",
-        "progress",
-        "output_dir",
-        "num_workers",
-        "log_every_steps",
-        "checkpoint_every_steps",
-    ),
-    "tune": ("enabled", "n_trials", "storage", "study_name", "best_params"),
-}
+_UNHASHED = RESULT_NEUTRAL_KEYS | {("train", "epochs"), ("train", "checkpoint_every_steps")}
+_UNHASHED |= {("tune", k) for k in ("enabled", "n_trials", "storage", "study_name", "best_params")}
 
 
 # --------------------------------------------------------------------------- what is searched
@@ -103,12 +95,9 @@ def study_name(cfg: Config) -> str:
     trial reads or that leave results unchanged (epochs, progress, output_dir, workers,
     logging and checkpoint intervals), ``data.cache_dir`` and the tune bookkeeping keys."""
     raw = dump_config(cfg)
-    basis = {section: dict(raw[section]) for section in ("data", "model", "aux", "train", "tune")}
-    for key in searched_aux_keys(cfg.tune):
-        del basis["aux"][key]
-    for section, keys in _UNHASHED.items():
-        for key in keys:
-            del basis[section][key]
+    searched = {("aux", key) for key in searched_aux_keys(cfg.tune)}
+    sections = {s: raw[s] for s in ("data", "model", "aux", "train", "tune")}
+    basis = without_keys(sections, _UNHASHED | searched)
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:10]
     return f"{cfg.tune.study_name}-{digest}"
 

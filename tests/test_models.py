@@ -64,7 +64,8 @@ def test_embedded_image_encoder_has_meaningful_imagenet_weights():
 def test_unknown_or_unreachable_encoders_fail_clearly(tmp_path):
     with pytest.raises(EncoderLoadError, match="unknown embedded text model"):
         load_text_encoder(TextEncoderConfig(name="embedded:nope"))
-    with pytest.raises(EncoderLoadError, match="neither a local directory nor in the Hugging Face cache"):
+    unreachable = "neither a local directory nor in the Hugging Face cache"
+    with pytest.raises(EncoderLoadError, match=unreachable):
         load_text_encoder(TextEncoderConfig(name="no-such-org/no-such-model"))
     with pytest.raises(EncoderLoadError, match="unknown embedded image model"):
         load_image_encoder(ImageEncoderConfig(name="embedded:resnet"))
