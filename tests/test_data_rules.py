@@ -8,7 +8,6 @@ import json
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -22,43 +21,18 @@ from mmaux.data.manifest import ManifestError, load_manifest
 from mmaux.data.rules import check_manifest, text_key, text_problems
 from mmaux.importers import ImportFailed, run_import
 from mmaux.validation import validate_data
+from tests.manifest_fixtures import SPLITS, make_good_root
+from tests.manifest_fixtures import rows as _rows
+from tests.manifest_fixtures import write_rows as _write
 
-LABELS = ["neg", "pos"]
-SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
 DEFAULT = DataRulesConfig()
 MULTIOFF = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "multioff"
 Verdict = Counter[tuple[str, str]]  # (rule, severity) -> findings
 
 
-def _rows() -> list[dict[str, Any]]:
-    """p0..p5 train (neg/pos alternating), p6-p7 val, p8-p9 test; line n+1 holds p{n}."""
-    return [
-        {
-            "id": f"p{i}",
-            "text": f"post number {i}",
-            "image": f"img/{i}.png",
-            "label": LABELS[i % 2],
-            "split": SPLITS[i],
-        }
-        for i in range(len(SPLITS))
-    ]
-
-
-def _write(root: Path, rows: list[dict[str, Any]]) -> Path:
-    path = root / "manifest.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def good_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("good") / "data"
-    (root / "img").mkdir(parents=True)
-    for i in range(len(SPLITS)):
-        Image.new("RGB", (8, 8), (i * 25, 255 - i * 25, 7)).save(root / "img" / f"{i}.png")
-    (root / "dataset.json").write_text(json.dumps({"name": "t", "labels": LABELS}))
-    _write(root, _rows())
-    return root
+    return make_good_root(tmp_path_factory.mktemp("good") / "data")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -22,43 +21,17 @@ from mmaux.validation import (
     validate_data,
     verdict_frame,
 )
+from tests.manifest_fixtures import LABELS, SPLITS, make_good_root
+from tests.manifest_fixtures import rows as _rows
+from tests.manifest_fixtures import write_rows as _write
 
-LABELS = ["neg", "pos"]
-SPLITS = ["train"] * 6 + ["val"] * 2 + ["test"] * 2
 CFG = DataRulesConfig()
 NULL = "expect_column_values_to_be_null"
 
 
-def _rows() -> list[dict[str, Any]]:
-    """p0..p5 train (neg/pos alternating), p6-p7 val, p8-p9 test; line n+1 holds p{n}."""
-    return [
-        {
-            "id": f"p{i}",
-            "text": f"post number {i}",
-            "image": f"img/{i}.png",
-            "label": LABELS[i % 2],
-            "split": SPLITS[i],
-        }
-        for i in range(len(SPLITS))
-    ]
-
-
-def _write(root: Path, rows: list[dict[str, Any]], extra_lines: dict[int, str] | None = None):
-    lines = [json.dumps(r) for r in rows]
-    for at, raw in sorted((extra_lines or {}).items()):
-        lines.insert(at, raw)
-    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def good_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("good") / "data"
-    (root / "img").mkdir(parents=True)
-    for i in range(len(SPLITS)):
-        Image.new("RGB", (8, 8), (i * 25, 255 - i * 25, 7)).save(root / "img" / f"{i}.png")
-    (root / "dataset.json").write_text(json.dumps({"name": "t", "labels": LABELS}))
-    _write(root, _rows())
-    return root
+    return make_good_root(tmp_path_factory.mktemp("good") / "data")
 
 
 @pytest.fixture(scope="module")
