@@ -85,12 +85,14 @@ def main() -> None:
         print(report.summary())
     timings["import_s"] = time.perf_counter() - started
 
+    family = load_config(args.params, [*BENCH_OVERRIDES, *args.overrides]).model.family
+    tag = "" if family == "late" else f"-{family}"  # each family tunes and trains apart
     overrides = [
         f"data.root={data}",
         f"data.cache_dir={out / 'cache'}",
         "tracking.enabled=false",
-        f"tune.storage={out / 'tuning' / 'study.journal'}",
-        f"tune.best_params={out / 'tuning' / 'best_params.json'}",
+        f"tune.storage={out / f'tuning{tag}' / 'study.journal'}",
+        f"tune.best_params={out / f'tuning{tag}' / 'best_params.json'}",
         *BENCH_OVERRIDES,
         *args.overrides,
     ]
@@ -101,7 +103,7 @@ def main() -> None:
     if not args.no_tune:
         best_path = Path(base.tune.best_params)
         if not best_path.is_file():
-            result = tune(base, out_dir=out / "tuning")
+            result = tune(base, out_dir=out / f"tuning{tag}")
             print(
                 f"tuning: best val macro-F1 {result.best_value:.4f} (trial {result.best_trial}; "
                 f"{result.n_complete} complete, {result.n_pruned} pruned)"
@@ -112,7 +114,7 @@ def main() -> None:
     print("aux weights:", tuned or "paper defaults (0.1 / 0.1)")
 
     t0 = time.perf_counter()
-    runs_dir = out / ("ablation" if not args.no_tune else "ablation-paper-defaults")
+    runs_dir = out / f"ablation{tag}{'-paper-defaults' if args.no_tune else ''}"
     summary = run_ablation(base, args.seeds, runs_dir, args.variants)
     timings["ablation_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - started

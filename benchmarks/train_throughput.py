@@ -74,7 +74,7 @@ from mmaux.losses import (  # noqa: E402
     itm_loss,
     random_itm_pairs,
 )
-from mmaux.models.classifier import MultimodalClassifier, build_model  # noqa: E402
+from mmaux.models import MultimodalModel, build_model  # noqa: E402
 from mmaux.models.encoders import (  # noqa: E402
     image_tokens_and_pooled,
     load_image_encoder,
@@ -253,7 +253,7 @@ def with_cached_features(
 
 
 def naive_itm_losses(
-    model: MultimodalClassifier,
+    model: MultimodalModel,
     batch: dict[str, torch.Tensor],
     cfg: Config,
     class_weight: torch.Tensor | None,

@@ -38,6 +38,8 @@ def variant_config(base: Config, variant: str, seed: int, out_dir: Path) -> Conf
     v = table[variant]
     raw = dump_config(base)
     raw["model"]["fusion"] = v["fusion"]
+    if v["fusion"] in ("text", "image"):  # unimodal baselines are late-family models
+        raw["model"]["family"] = "late"
     raw["aux"]["itc_weight"], raw["aux"]["itm_weight"] = v["itc"], v["itm"]
     if v["itc"] == 0 and raw["aux"]["itm_negatives"] == "hard":
         raw["aux"]["itm_negatives"] = "random"

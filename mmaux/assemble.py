@@ -20,7 +20,7 @@ from mmaux.data.features import (
 )
 from mmaux.data.images import build_transform
 from mmaux.data.manifest import Manifest, load_manifest
-from mmaux.models.classifier import MultimodalClassifier, build_model
+from mmaux.models import MultimodalModel, build_model
 from mmaux.models.encoders import ImageEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Assembly:
 
     cfg: Config
     manifest: Manifest
-    model: MultimodalClassifier
+    model: MultimodalModel
     text: TextEncoder | None
     image: ImageEncoder | None
     datasets: dict[str, PostDataset] = field(default_factory=dict)
@@ -120,7 +120,7 @@ def assemble(
     model, text, image = build_model(cfg, len(manifest.labels))
     model.to(device)
     asm = Assembly(cfg, manifest, model, text, image)
-    uses_image = model.fusion.uses_image
+    uses_image = model.uses_image
     transform = None
     features: ImageFeatures | None = None
     pixels: ImagePixels | None = None
@@ -130,7 +130,8 @@ def assemble(
         # Caches cover the whole data set, whichever splits this job reads, so every
         # stage (preprocess, tune, train, evaluate) shares one cache entry.
         posts = manifest.posts
-        if cfg.model.image.freeze and cfg.train.cache_image_features:
+        frozen = cfg.model.image.freeze and model.image_encoder is not None
+        if frozen and cfg.train.cache_image_features:
             encoder_id = {
                 "name": cfg.model.image.name,
                 "kwargs": cfg.model.image.kwargs,
@@ -143,7 +144,7 @@ def assemble(
                 [p.image for p in posts],
                 transform,
                 cfg.data.cache_dir,
-                model.fusion.needs_image_tokens,
+                model.needs_image_tokens,
                 device,
                 progress=progress,
                 max_pixels=cfg.data.rules.max_image_pixels,
@@ -168,5 +169,8 @@ def assemble(
             features=features,
             use_image=uses_image,
             pixels=pixels,
+            max_pixels=cfg.data.rules.max_image_pixels,
+            # ITM never pairs a text with a copy of its own image as a negative
+            with_image_groups=split == "train" and uses_image and cfg.aux.itm_weight > 0,
         )
     return asm

@@ -157,12 +157,48 @@ class ImageEncoderConfig(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm kwargs")
 
 
+class MMBTConfig(_Section):
+    """MMBT: image features as extra tokens of the text transformer (``model.text``)."""
+
+    image_tokens: Literal["grid", "pooled"] = Field(
+        "grid",
+        description="grid: the image encoder's feature-map cells / patches as tokens; "
+        "pooled: one token, its pooled vector",
+    )
+    max_image_tokens: int = Field(
+        49, ge=1, description="a larger grid is average-pooled down to at most this many"
+    )
+
+
+class TransformerSourceConfig(_Section):
+    """A transformers model for ViLT / LXMERT: by hub name, local directory, or random."""
+
+    name: str = Field(
+        "random",
+        description="hub name (network or cache), local save_pretrained directory, or "
+        "'random': a randomly initialised model from `config` (offline)",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="config overrides (e.g. hidden_size, num_*_layers)"
+    )
+    local_files_only: bool = Field(True, description="never reach a model hub")
+
+
 class ModelConfig(_Section):
+    family: Literal["late", "mmbt", "vilt", "lxmert"] = Field(
+        "late",
+        description="late: encoders + fusion head; mmbt: image tokens in the text "
+        "transformer; vilt: one transformer over words and patches; lxmert: two streams "
+        "with cross-modal layers over the image encoder's grid",
+    )
     text: TextEncoderConfig = Field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = Field(default_factory=ImageEncoderConfig)
     fusion: Literal["concat", "attention", "gmu", "text", "image"] = Field(
-        "concat", description="fusion head; 'text'/'image' are unimodal baselines"
+        "concat", description="late family's fusion head; 'text'/'image' are unimodal baselines"
     )
+    mmbt: MMBTConfig = Field(default_factory=MMBTConfig)
+    vilt: TransformerSourceConfig = Field(default_factory=TransformerSourceConfig)
+    lxmert: TransformerSourceConfig = Field(default_factory=TransformerSourceConfig)
     hidden_dim: int = Field(256, ge=8)
     proj_dim: int = Field(128, ge=8, description="ITC projection size")
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -179,14 +215,24 @@ class AuxConfig(_Section):
     temperature: float = Field(0.07, gt=0.0, le=1.0, description="initial ITC temperature")
     learn_temperature: bool = True
     max_logit_scale: float = Field(100.0, gt=1.0, description="clamp on 1/temperature")
+    simcse_weight: float = Field(
+        0.0, ge=0.0, description="MCSE: weight of SimCSE's unsupervised text-contrastive term"
+    )
+    simcse_temperature: float = Field(0.05, gt=0.0, le=1.0, description="SimCSE temperature")
     weighting: Literal["convex", "additive"] = Field(
-        "convex", description="convex: (1-b_itc-b_itm)*CE + ...; additive: CE + ..."
+        "convex",
+        description="convex: (1-b_itc-b_itm-b_simcse)*CE + ...; additive: CE + ...",
     )
 
     @model_validator(mode="after")
     def _convex_sum(self) -> AuxConfig:
-        if self.weighting == "convex" and self.itc_weight + self.itm_weight >= 1.0:
-            raise ValueError("itc_weight + itm_weight must be < 1 with weighting=convex")
+        if (
+            self.weighting == "convex"
+            and self.itc_weight + self.itm_weight + self.simcse_weight >= 1
+        ):
+            raise ValueError(
+                "itc_weight + itm_weight + simcse_weight must be < 1 with weighting=convex"
+            )
         if self.itm_negatives == "hard" and self.itm_weight > 0 and self.itc_weight <= 0:
             raise ValueError(
                 "itm_negatives: 'hard' samples negatives by ITC similarity; needs itc_weight > 0"
@@ -197,6 +243,7 @@ class AuxConfig(_Section):
 
     @property
     def enabled(self) -> bool:
+        """Whether an image-text task (ITC or ITM) is on."""
         return self.itc_weight > 0 or self.itm_weight > 0
 
     @property
@@ -329,10 +376,33 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _aux_needs_both_modalities(self) -> Config:
-        if self.model.fusion in ("text", "image") and self.aux.enabled:
+        fusion, family = self.model.fusion, self.model.family
+        if fusion in ("text", "image") and family != "late":
             raise ValueError(
-                f"aux: ITC/ITM need both modalities but model.fusion={self.model.fusion!r}; "
+                f"model.fusion={fusion!r}: unimodal baselines are late-family models; "
+                "set model.family=late"
+            )
+        if fusion in ("text", "image") and self.aux.enabled:
+            raise ValueError(
+                f"aux: ITC/ITM need both modalities but model.fusion={fusion!r}; "
                 "set aux.itc_weight=0 and aux.itm_weight=0 for unimodal baselines"
+            )
+        top = self.tune.itc_weight[1] + self.tune.itm_weight[1] + self.aux.simcse_weight
+        if self.tune.enabled and self.aux.weighting == "convex" and top >= 1.0:
+            raise ValueError(
+                "tune: the search ranges' upper ends (tune.itc_weight, tune.itm_weight) plus "
+                "aux.simcse_weight must stay < 1 with aux.weighting=convex"
+            )
+        if fusion == "image" and self.aux.simcse_weight > 0:
+            raise ValueError("aux.simcse_weight: SimCSE needs text; model.fusion='image'")
+        if (
+            self.aux.simcse_weight > 0
+            and family in ("late", "mmbt")
+            and self.model.text.trainable_layers == 0
+        ):
+            raise ValueError(
+                "aux.simcse_weight: SimCSE contrasts two dropout views of a text, but a frozen "
+                "text encoder (model.text.trainable_layers=0) has no dropout"
             )
         return self
 

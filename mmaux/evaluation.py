@@ -13,8 +13,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from mmaux.metrics import classification_metrics
-from mmaux.models.classifier import MultimodalClassifier
+from mmaux.models.base import MultimodalModel
 from mmaux.runtime import autocast
+
+DIAGNOSTICS = ("alignment", "uniformity_text", "uniformity_image")
+"""The embedding-space diagnostics logged per validation epoch when ITC is on."""
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Predictions:
     labels: np.ndarray  # (N,) true class indices
     probs: np.ndarray  # (N, C)
     loss: float
+    text_emb: np.ndarray | None = None  # (N, D) L2-normalised ITC text embeddings
+    image_emb: np.ndarray | None = None  # (N, D) and image embeddings
 
     @property
     def preds(self) -> np.ndarray:
@@ -35,43 +40,76 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 @torch.no_grad()
 def predict(
-    model: MultimodalClassifier, loader: DataLoader, device: torch.device, precision: str
+    model: MultimodalModel,
+    loader: DataLoader,
+    device: torch.device,
+    precision: str,
+    embeddings: bool = False,
 ) -> Predictions:
-    """Class probabilities for every post of the loader's dataset (eval mode, no aux tasks)."""
+    """Class probabilities for every post of the loader's dataset (eval mode, no aux
+    tasks); with ``embeddings`` (a model with ITC projections) also the normalised ITC
+    text and image embeddings."""
     was_training = model.training
     model.eval()
     dataset = loader.dataset
-    probs, labels, ids = [], [], []
+    probs, labels, ids, texts, images = [], [], [], [], []
+    embeddings = embeddings and model.text_proj is not None
     total, n = 0.0, 0
     for batch in loader:
         batch = _to(batch, device)
         with autocast(device, precision):
-            logits = model(batch).logits.float()
+            out = model(batch)
+            if embeddings:
+                t, i = model.itc_embeddings(out.encoded)
+                texts.append(t.float().cpu().numpy())
+                images.append(i.float().cpu().numpy())
+        logits = out.logits.float()
         total += float(F.cross_entropy(logits, batch["labels"], reduction="sum"))
         n += logits.shape[0]
         probs.append(logits.softmax(-1).cpu().numpy())
         labels.append(batch["labels"].cpu().numpy())
         ids.extend(dataset.posts[i].id for i in batch["index"].tolist())  # type: ignore[attr-defined]
     model.train(was_training)
-    return Predictions(ids, np.concatenate(labels), np.concatenate(probs), total / max(n, 1))
+    pred = Predictions(ids, np.concatenate(labels), np.concatenate(probs), total / max(n, 1))
+    if texts:
+        pred.text_emb, pred.image_emb = np.concatenate(texts), np.concatenate(images)
+    return pred
 
 
 def evaluate(
-    model: MultimodalClassifier,
+    model: MultimodalModel,
     loader: DataLoader,
     labels: list[str],
     device: torch.device,
     precision: str,
+    embeddings: bool = False,
 ) -> tuple[dict[str, Any], Predictions]:
-    """Metrics (macro-F1 first) and the raw predictions."""
-    pred = predict(model, loader, device, precision)
+    """Metrics (macro-F1 first) and the raw predictions; with ``embeddings`` also the
+    embedding-space diagnostics (:func:`embedding_diagnostics`)."""
+    pred = predict(model, loader, device, precision, embeddings)
     return prediction_metrics(pred, labels), pred
 
 
+def embedding_diagnostics(text: np.ndarray, image: np.ndarray) -> dict[str, float]:
+    """MCSE's diagnostics of the ITC space: ``alignment`` of the real (text, image) pairs
+    and the ``uniformity`` of the text and of the image embeddings (lower is better)."""
+    from mmaux.losses import alignment, uniformity
+
+    t, i = torch.from_numpy(text), torch.from_numpy(image)
+    out = {"alignment": float(alignment(t, i))}
+    if len(t) >= 2:
+        out["uniformity_text"] = float(uniformity(t))
+        out["uniformity_image"] = float(uniformity(i))
+    return out
+
+
 def prediction_metrics(pred: Predictions, labels: list[str]) -> dict[str, Any]:
-    """Classification metrics of predictions, and their cross-entropy as ``loss``."""
+    """Classification metrics of predictions, their cross-entropy as ``loss`` and, when the
+    predictions carry ITC embeddings, the embedding diagnostics."""
     metrics = classification_metrics(pred.labels.tolist(), pred.preds.tolist(), labels)
     metrics["loss"] = pred.loss
+    if pred.text_emb is not None and pred.image_emb is not None:
+        metrics.update(embedding_diagnostics(pred.text_emb, pred.image_emb))
     return metrics
 
 

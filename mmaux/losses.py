@@ -1,23 +1,28 @@
-"""All training losses in one place: weighted CE, ITC, ITM, and how they combine.
+"""All training losses in one place: weighted CE, ITC, ITM, SimCSE, and how they combine.
 
-Each loss returns its own term; :func:`compute_losses` runs one batch through the model
-and returns every term plus the joint objective
+Each loss returns its own term; :func:`compute_losses` runs one batch through any model
+family (:class:`~mmaux.models.MultimodalModel`) and returns every term plus the joint
+objective
 
-* ``convex`` (the paper): ``(1 - b_itc - b_itm) * CE + b_itc * ITC + b_itm * ITM``
-* ``additive``: ``CE + b_itc * ITC + b_itm * ITM``.
+* ``convex`` (the paper): ``(1 - b_itc - b_itm - b_simcse) * CE + b_itc * ITC + ...``
+* ``additive``: ``CE + b_itc * ITC + b_itm * ITM + b_simcse * SimCSE``.
+
+The embedding-space diagnostics MCSE reports (:func:`alignment`, :func:`uniformity`) are
+here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from mmaux.config import AuxConfig
 from mmaux.distributed import SINGLE, DistInfo, all_reduce_sum, gather_with_grad
-from mmaux.models.classifier import Encoded, ModelOutput, MultimodalClassifier
+from mmaux.models.base import ModelOutput, MultimodalModel
 
 
 def balanced_class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -75,34 +80,67 @@ def itc_loss(
 
 @dataclass
 class ITMPairs:
-    """Pairs for ITM: text ``text_idx[k]`` with image ``image_idx[k]``; label 1 = real pair.
+    """Pairs for ITM: text ``text_idx[k]`` with image ``image_idx[k]``.
 
-    The first ``real_prefix`` pairs are known to be the batch's real pairs in order
-    (``(i, i)`` for i < B): their fused output is reused from the classification pass."""
+    ``labels`` is 1 where the image is the text's own (by content: a post whose image file
+    is byte-identical to the text's own image is a real pair too). The first
+    ``real_prefix`` pairs are the batch's real pairs in order (``(i, i)`` for i < B): their
+    fused output is reused from the classification pass."""
 
     text_idx: torch.Tensor
     image_idx: torch.Tensor
+    labels: torch.Tensor = None  # type: ignore[assignment]  # default: text_idx == image_idx
     real_prefix: int = 0
 
-    @property
-    def labels(self) -> torch.Tensor:
-        return (self.text_idx == self.image_idx).long()
+    def __post_init__(self) -> None:
+        if self.labels is None:
+            self.labels = (self.text_idx == self.image_idx).long()
+
+
+def _same_image(groups: torch.Tensor | None, b: int, device: torch.device) -> torch.Tensor:
+    """(B, B) bool: posts i and j show the same image (``groups``: image-content ids)."""
+    if groups is None:
+        return torch.eye(b, dtype=torch.bool, device=device)
+    g = groups.to(device)
+    return g[:, None] == g[None, :]
+
+
+def _pair_labels(same: torch.Tensor, text_idx: torch.Tensor, image_idx: torch.Tensor):
+    return same[text_idx, image_idx].long()
+
+
+def _negatives(weights: torch.Tensor, same: torch.Tensor, generator: torch.Generator):
+    """One column per row, drawn with probability ``weights`` among the rows showing
+    another image; a row whose every neighbour shares its image keeps its own (a real
+    pair, labelled 1). Fixed shapes, no host synchronisation."""
+    w = weights.masked_fill(same, 0.0)
+    alone = ~(~same).any(dim=1)
+    w = w + torch.diag_embed(alone.to(w.dtype))
+    return torch.multinomial(w, 1, generator=generator).squeeze(1)
 
 
 def random_itm_pairs(
-    batch_size: int, prob: float, generator: torch.Generator, device: torch.device | str = "cpu"
+    batch_size: int,
+    prob: float,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    groups: torch.Tensor | None = None,
 ) -> ITMPairs:
-    """The paper's scheme: each pair is broken with probability ``prob`` by another post's image.
+    """The paper's scheme: each pair is broken with probability ``prob`` by the image of a
+    uniformly drawn post that shows another image (``groups``: image-content ids; posts
+    sharing an image are never each other's negatives).
 
     Drawn on the generator's device (a CUDA generator keeps the step free of host syncs)."""
     gdev = generator.device
     idx = torch.arange(batch_size, device=gdev)
+    same = _same_image(groups, batch_size, gdev)
     if batch_size < 2:
-        return ITMPairs(idx.to(device), idx.to(device))
+        return ITMPairs(idx.to(device), idx.to(device), torch.ones_like(idx).to(device))
     broken = torch.rand(batch_size, generator=generator, device=gdev) < prob
-    shift = torch.randint(1, batch_size, (batch_size,), generator=generator, device=gdev)
-    image_idx = torch.where(broken, (idx + shift) % batch_size, idx)
-    return ITMPairs(idx.to(device), image_idx.to(device))
+    other = _negatives(torch.ones(batch_size, batch_size, device=gdev), same, generator)
+    image_idx = torch.where(broken, other, idx)
+    labels = _pair_labels(same, idx, image_idx)
+    return ITMPairs(idx.to(device), image_idx.to(device), labels.to(device))
 
 
 def hard_itm_pairs(
@@ -110,37 +148,43 @@ def hard_itm_pairs(
     image_emb: torch.Tensor,
     logit_scale: torch.Tensor,
     generator: torch.Generator,
+    groups: torch.Tensor | None = None,
 ) -> ITMPairs:
     """ALBEF/BLIP hard negatives: B positives, one negative image per text and one
-    negative text per image, drawn with probability softmax(similarity), diagonal zeroed.
+    negative text per image, drawn with probability softmax(similarity), the diagonal and
+    every post sharing the image (``groups``) zeroed.
 
     Sampled on the generator's device: with a CUDA generator nothing leaves the GPU."""
     b = text_emb.shape[0]
     device = text_emb.device
     idx = torch.arange(b, device=device)
     if b < 2:
-        return ITMPairs(idx, idx)
+        return ITMPairs(idx, idx, torch.ones_like(idx))
     with torch.no_grad():
+        gdev = generator.device
+        same = _same_image(groups, b, gdev)
         sim = logit_scale.float().exp() * text_emb.float() @ image_emb.float().t()
-        eye = torch.eye(b, dtype=torch.bool, device=device)
-        w_t2i = (F.softmax(sim, dim=1) + 1e-5).masked_fill(eye, 0).to(generator.device)
-        w_i2t = (F.softmax(sim.t(), dim=1) + 1e-5).masked_fill(eye, 0).to(generator.device)
-        neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1).to(device)
-        neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1).to(device)
-    text_idx = torch.cat([idx, idx, neg_text])
-    image_idx = torch.cat([idx, neg_image, idx])
-    return ITMPairs(text_idx, image_idx, real_prefix=b)
+        w_t2i = (F.softmax(sim, dim=1) + 1e-5).to(gdev)
+        w_i2t = (F.softmax(sim.t(), dim=1) + 1e-5).to(gdev)
+        neg_image = _negatives(w_t2i, same, generator).to(device)
+        neg_text = _negatives(w_i2t, same, generator).to(device)
+        text_idx = torch.cat([idx, idx, neg_text])
+        image_idx = torch.cat([idx, neg_image, idx])
+        labels = _pair_labels(same.to(device), text_idx, image_idx)
+    return ITMPairs(text_idx, image_idx, labels, real_prefix=b)
 
 
 def itm_logits(
-    model: MultimodalClassifier, enc: Encoded, fused: torch.Tensor, pairs: ITMPairs
+    model: MultimodalModel, enc: Any, fused: torch.Tensor, pairs: ITMPairs
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ITM head outputs and labels, from the cached unimodal encodings: no encoder re-runs.
+    """ITM head outputs and labels, from the batch's encodings: no image encoder re-runs.
 
     The known real prefix reuses ``fused`` (the classification pass); every other pair
-    re-runs only the fusion head. All shapes are fixed by the batch size, so the step
-    needs no host synchronisation (random pairs re-fuse their real pairs too: the fusion
-    head is cheap, a data-dependent split would stall the GPU)."""
+    goes through the family's fusion again (the fusion head for late fusion, the
+    cross-modal transformer for early fusion) on its own text and image, so a broken pair
+    never sees the matched pair's output. All shapes are fixed by the batch size, so the
+    step needs no host synchronisation (random pairs re-fuse their real pairs too: a
+    data-dependent split would stall the GPU)."""
     assert model.itm_head is not None
     k = pairs.real_prefix
     parts = [fused[:k]] if k else []
@@ -154,17 +198,49 @@ def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+def simcse_loss(
+    first: torch.Tensor, second: torch.Tensor, temperature: float, dist: DistInfo = SINGLE
+) -> torch.Tensor:
+    """SimCSE's unsupervised term: row i of ``first`` and ``second`` are two dropout views
+    of text i (positives), every other row of ``second`` a negative;
+    ``CE(cos(first, secondᵀ) / temperature, arange)``. Under data parallelism the second
+    views of all ranks are gathered (with gradient): the negatives are the global batch."""
+    a = F.normalize(first.float(), dim=-1)
+    b = F.normalize(second.float(), dim=-1)
+    offset = 0
+    if dist.enabled:
+        offset = dist.rank * a.shape[0]
+        b = gather_with_grad(b, dist)
+    logits = a @ b.t() / temperature
+    target = torch.arange(a.shape[0], device=a.device) + offset
+    return F.cross_entropy(logits, target)
+
+
+def alignment(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Wang & Isola's alignment: mean squared distance of positive pairs (rows of the
+    L2-normalised ``x`` and ``y``); lower is better."""
+    return (x.float() - y.float()).norm(dim=1).pow(2).mean()
+
+
+def uniformity(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
+    """Wang & Isola's uniformity: ``log mean exp(-t·‖xᵢ − xⱼ‖²)`` over all pairs i < j of
+    the L2-normalised rows of ``x``; lower is more uniform."""
+    return torch.pdist(x.float(), p=2).pow(2).mul(-t).exp().mean().log()
+
+
 def combine(
-    ce: torch.Tensor, itc: torch.Tensor | None, itm: torch.Tensor | None, aux: AuxConfig
+    ce: torch.Tensor,
+    itc: torch.Tensor | None,
+    itm: torch.Tensor | None,
+    aux: AuxConfig,
+    simcse: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Joint objective from the configured weighting."""
-    b_itc = aux.itc_weight if itc is not None else 0.0
-    b_itm = aux.itm_weight if itm is not None else 0.0
-    total = ce * (1.0 - b_itc - b_itm) if aux.weighting == "convex" else ce
-    if itc is not None and b_itc > 0:
-        total = total + b_itc * itc
-    if itm is not None and b_itm > 0:
-        total = total + b_itm * itm
+    terms = [(aux.itc_weight, itc), (aux.itm_weight, itm), (aux.simcse_weight, simcse)]
+    terms = [(w, t) for w, t in terms if t is not None and w > 0]
+    total = ce * (1.0 - sum(w for w, _ in terms)) if aux.weighting == "convex" else ce
+    for w, t in terms:
+        total = total + w * t
     return total
 
 
@@ -175,18 +251,19 @@ class LossTerms:
     itc: torch.Tensor | None = None
     itm: torch.Tensor | None = None
     itm_acc: torch.Tensor | None = None
+    simcse: torch.Tensor | None = None
 
     def named(self) -> tuple[list[str], list[torch.Tensor]]:
-        """The terms that are on (``loss``, ``ce``, then ``itc``, ``itm``, ``itm_acc``) and
-        their tensors, still on the device."""
+        """The terms that are on (``loss``, ``ce``, then ``itc``, ``itm``, ``itm_acc``,
+        ``simcse``) and their tensors, still on the device."""
         names = ["loss", "ce"] + [
-            n for n in ("itc", "itm", "itm_acc") if getattr(self, n) is not None
+            n for n in ("itc", "itm", "itm_acc", "simcse") if getattr(self, n) is not None
         ]
         return names, [self.total, self.ce] + [getattr(self, n) for n in names[2:]]
 
 
 def compute_losses(
-    model: MultimodalClassifier,
+    model: MultimodalModel,
     batch: dict[str, torch.Tensor],
     aux: AuxConfig,
     class_weight: torch.Tensor | None,
@@ -195,12 +272,14 @@ def compute_losses(
 ) -> tuple[LossTerms, ModelOutput]:
     """One forward pass: classification plus whichever auxiliary tasks are enabled.
 
-    With ``dist`` (data parallelism) CE and ITC cover the global batch; ITM pairs are drawn
-    within each rank's slice."""
+    With ``dist`` (data parallelism) CE, ITC and SimCSE cover the global batch; ITM pairs
+    are drawn within each rank's slice. ``batch["image_group"]`` (image-content ids) keeps
+    posts that share an image from being each other's ITM negatives."""
     out = model(batch)
     ce = classification_loss(out.logits, batch["labels"], class_weight, dist)
-    itc = itm = itm_acc = None
+    itc = itm = itm_acc = simcse = None
     emb = None
+    groups = batch.get("image_group")
     if model.logit_scale is not None and aux.itc_weight > 0:
         emb = model.itc_embeddings(out.encoded)
         itc = itc_loss(emb[0], emb[1], model.logit_scale, dist)
@@ -208,11 +287,15 @@ def compute_losses(
         b = out.logits.shape[0]
         if aux.itm_negatives == "hard":
             assert emb is not None and model.logit_scale is not None
-            pairs = hard_itm_pairs(emb[0], emb[1], model.logit_scale, generator)
+            pairs = hard_itm_pairs(emb[0], emb[1], model.logit_scale, generator, groups)
         else:
-            pairs = random_itm_pairs(b, aux.itm_negative_prob, generator, out.logits.device)
+            pairs = random_itm_pairs(b, aux.itm_negative_prob, generator, out.logits.device, groups)
         logits, labels = itm_logits(model, out.encoded, out.fused, pairs)
         itm = itm_loss(logits, labels)
         itm_acc = (logits.argmax(-1) == labels).float().mean()
-    total = combine(ce, itc, itm, aux)
-    return LossTerms(total=total, ce=ce, itc=itc, itm=itm, itm_acc=itm_acc), out
+    if model.simcse_head is not None and aux.simcse_weight > 0:
+        first, second = model.simcse_embeddings(out.encoded)
+        simcse = simcse_loss(first, second, aux.simcse_temperature, dist)
+    total = combine(ce, itc, itm, aux, simcse)
+    terms = LossTerms(total=total, ce=ce, itc=itc, itm=itm, itm_acc=itm_acc, simcse=simcse)
+    return terms, out

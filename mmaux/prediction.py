@@ -24,7 +24,7 @@ from mmaux.data.dataset import PostDataset, collate_posts
 from mmaux.data.images import build_transform
 from mmaux.data.manifest import Manifest, Post
 from mmaux.evaluation import Predictions, predict
-from mmaux.models.classifier import MultimodalClassifier, build_model
+from mmaux.models import MultimodalModel, build_model
 from mmaux.models.encoders import ImageEncoder, TextEncoder
 from mmaux.runtime import resolve_device, resolve_precision
 
@@ -48,11 +48,11 @@ def run_files(run_dir: Path) -> dict[str, Path]:
 class Predictor:
     """A classifier in eval mode with the preprocessing it was trained with: from a finished
     run (:meth:`from_run`, :meth:`from_files`) or from a model in memory (the constructor,
-    with the encoders :func:`~mmaux.models.classifier.build_model` returned)."""
+    with the encoders :func:`~mmaux.models.build_model` returned)."""
 
     cfg: Config
     labels: list[str]
-    model: MultimodalClassifier
+    model: MultimodalModel
     text: TextEncoder | None = None
     image: ImageEncoder | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -60,11 +60,11 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.model.to(self.device).eval()
-        fusion = self.model.fusion
-        self.tokenizer = self.text.tokenizer if self.text is not None and fusion.uses_text else None
+        uses_text, uses_image = self.model.uses_text, self.model.uses_image
+        self.tokenizer = self.text.tokenizer if self.text is not None and uses_text else None
         self.transform = (
             build_transform(self.image.data_config, self.cfg.data.image_size)
-            if self.image is not None and fusion.uses_image
+            if self.image is not None and uses_image
             else None
         )
 

@@ -24,7 +24,7 @@ from torch import nn
 from mmaux.config import AuxConfig, TrainConfig
 from mmaux.distributed import DistInfo
 from mmaux.losses import LossTerms, compute_losses
-from mmaux.models.classifier import ModelOutput, MultimodalClassifier
+from mmaux.models.base import ModelOutput, MultimodalModel
 from mmaux.runtime import autocast
 
 StepFn = Callable[..., tuple[LossTerms, ModelOutput | None]]
@@ -37,7 +37,7 @@ class LossModule(nn.Module):
     """The model and its losses as one module: DDP wraps this, so every trainable parameter
     (encoders, fusion, ITC projections, ITM head) is used inside one DDP forward."""
 
-    def __init__(self, model: MultimodalClassifier, dist: DistInfo):
+    def __init__(self, model: MultimodalModel, dist: DistInfo):
         super().__init__()
         self.model = model
         self.dist = dist
@@ -53,7 +53,7 @@ class LossModule(nn.Module):
 
 
 def training_step_fn(
-    model: MultimodalClassifier, dist: DistInfo, device: torch.device, compile: bool = False
+    model: MultimodalModel, dist: DistInfo, device: torch.device, compile: bool = False
 ) -> nn.Module:
     """The model and losses as the module a step calls: compiled on request, DDP-wrapped
     under ``torchrun``."""
@@ -69,7 +69,7 @@ def training_step_fn(
 
 
 def build_optimizer(
-    model: MultimodalClassifier, t: TrainConfig, device: torch.device
+    model: MultimodalModel, t: TrainConfig, device: torch.device
 ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters: encoder vs head learning rates, no weight decay
     on biases, norms and the logit scale; the fused kernel on CUDA."""
@@ -113,7 +113,7 @@ def forward_backward(
 
 
 def optimizer_step(
-    model: MultimodalClassifier,
+    model: MultimodalModel,
     optimizer: torch.optim.Optimizer,
     params: Sequence[nn.Parameter],
     max_grad_norm: float | None,

@@ -55,7 +55,7 @@ from mmaux.checkpoint import (
 from mmaux.config import RESULT_NEUTRAL_KEYS, Config, dump_config, without_keys
 from mmaux.data.manifest import Manifest, write_skip_report
 from mmaux.distributed import any_rank, barrier, broadcast, init_from_env, shard
-from mmaux.evaluation import evaluate, evaluate_splits
+from mmaux.evaluation import DIAGNOSTICS, evaluate, evaluate_splits
 from mmaux.fsio import atomic_write_text, unique_tmp
 from mmaux.losses import balanced_class_weights
 from mmaux.runtime import resolve_device, resolve_precision, seed_everything
@@ -248,7 +248,7 @@ class _PreviousOutputs:
 
 
 class Trainer:
-    """Trains a :class:`~mmaux.models.MultimodalClassifier` from a :class:`Config`.
+    """Trains a :class:`~mmaux.models.MultimodalModel` from a :class:`Config`.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP: each process
     takes its slice of every global batch of ``train.batch_size``; only rank 0 writes
@@ -484,8 +484,9 @@ class Trainer:
         metrics = None
         if self.dist.is_main:  # the other ranks wait for rank 0's verdict
             metrics, _ = evaluate(
-                asm.model, val_loader, asm.manifest.labels, self.device, self.precision
-            )
+                asm.model, val_loader, asm.manifest.labels, self.device, self.precision,
+                embeddings=True,
+            )  # fmt: skip
         metrics = broadcast(metrics, self.dist)
         means = self.meter.epoch_means(self.dist)
         record = {
@@ -493,6 +494,7 @@ class Trainer:
             "step": st.global_step,
             **{f"train_{k}": v for k, v in means.items()},
             **{f"val_{k}": metrics[k] for k in ("loss", "macro_f1", "weighted_f1", "accuracy")},
+            **{f"val_{k}": metrics[k] for k in DIAGNOSTICS if k in metrics},
         }
         if metrics["macro_f1"] > st.best_score + 1e-12:
             st.best_score, st.best_epoch = metrics["macro_f1"], st.epoch

@@ -41,8 +41,12 @@ def test_bad_values_name_the_key(override, needle):
 
 
 def test_convex_weights_must_leave_room_for_ce():
-    with pytest.raises(ConfigError, match="itc_weight \\+ itm_weight must be < 1"):
+    with pytest.raises(
+        ConfigError, match="itc_weight \\+ itm_weight \\+ simcse_weight must be < 1"
+    ):
         config_from_dict({"aux": {"itc_weight": 0.6, "itm_weight": 0.5}})
+    with pytest.raises(ConfigError, match="simcse_weight must be < 1"):
+        config_from_dict({"aux": {"itc_weight": 0.4, "itm_weight": 0.3, "simcse_weight": 0.3}})
     cfg = config_from_dict({"aux": {"itc_weight": 0.6, "itm_weight": 0.5, "weighting": "additive"}})
     assert cfg.aux.weighting == "additive"
 
@@ -68,3 +72,31 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "absent.yaml")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(REPO / "params.yaml", ["aux.itc_weight"])
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (
+            {
+                "model": {"family": "mmbt", "fusion": "text"},
+                "aux": {"itc_weight": 0, "itm_weight": 0},
+            },
+            "unimodal baselines are late-family models",
+        ),
+        ({"model": {"family": "transformer"}}, "model.family"),
+        (
+            {"model": {"text": {"trainable_layers": 0}}, "aux": {"simcse_weight": 0.1}},
+            "a frozen text encoder",
+        ),
+        ({"aux": {"simcse_weight": 0.3}}, "aux.simcse_weight must stay < 1"),
+        ({"model": {"vilt": {"name": "random", "bogus": 1}}}, "model.vilt.bogus"),
+    ],
+)
+def test_family_and_simcse_settings_are_validated(raw, needle):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert needle in str(err.value)
+    # The same SimCSE weight is fine once the search leaves room for it.
+    ok = config_from_dict({"aux": {"simcse_weight": 0.3}, "tune": {"enabled": False}})
+    assert ok.aux.simcse_weight == 0.3

@@ -64,16 +64,26 @@ def test_shard_splits_a_global_batch_in_rank_order():
         shard(list(range(6)), DistInfo(rank=0, world_size=4))
 
 
+@pytest.mark.parametrize(
+    ("family", "extra"),
+    [
+        ("late", ()),
+        # early fusion, with SimCSE's negatives gathered over the global batch too
+        ("mmbt", ("aux.simcse_weight=0.1",)),
+    ],
+)
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
-    tmp_path, synth_root, no_dropout_bert
+    tmp_path, synth_root, no_dropout_bert, family, extra
 ):
     cfg = shrunk_config(
         tmp_path,
         synth_root,
         no_dropout_bert,
+        f"model.family={family}",
         "model.dropout=0",
         "aux.itc_weight=0.2",  # ITC over the gathered global batch
         "aux.itm_weight=0",
+        *extra,
         "train.batch_size=16",
         "train.epochs=2",
         f"train.output_dir={tmp_path / 'single'}",
@@ -95,7 +105,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     steps_2 = [json.loads(x) for x in (tmp_path / "ddp" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps_2] == [s["step"] for s in steps_1]  # rank 0 logs alone
     for s1, s2 in zip(steps_1, steps_2, strict=True):  # logged: the global-batch losses
-        for key in ("loss", "ce", "itc"):
+        for key in ("loss", "ce", "itc", *(["simcse"] if extra else [])):
             assert s2[key] == pytest.approx(s1[key], rel=1e-3, abs=1e-4), (s1["step"], key)
     assert ddp_metrics["val"]["macro_f1"] == pytest.approx(
         single.metrics["val"]["macro_f1"], abs=1e-6

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
 from mmaux.config import AuxConfig
@@ -210,3 +211,44 @@ def test_itm_reuses_encodings_and_itc_trains_both_encoders(model_and_batch, mode
     assert model.image_proj.weight.grad.abs().sum() > 0
     assert model.logit_scale.grad is not None
     assert model.classifier.weight.grad is None  # ITC never touches the class head
+
+
+def test_simcse_alignment_and_uniformity_match_their_definitions():
+    import math
+
+    from mmaux.losses import alignment, simcse_loss, uniformity
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 5), torch.randn(6, 5)
+    # SimCSE: -log( e^{cos(a_i, b_i)/t} / sum_j e^{cos(a_i, b_j)/t} ), averaged over i
+    t = 0.05
+    terms = []
+    for i in range(6):
+        sims = [float(F.cosine_similarity(a[i], b[j], dim=0)) / t for j in range(6)]
+        top = max(sims)
+        log_z = top + math.log(sum(math.exp(s - top) for s in sims))
+        terms.append(log_z - sims[i])
+    assert float(simcse_loss(a, b, t)) == pytest.approx(sum(terms) / 6, rel=1e-5)
+
+    x, y = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    align = sum(float(((x[i] - y[i]) ** 2).sum()) for i in range(6)) / 6
+    assert float(alignment(x, y)) == pytest.approx(align, rel=1e-6)
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+    mean = sum(math.exp(-2 * float(((x[i] - x[j]) ** 2).sum())) for i, j in pairs) / len(pairs)
+    assert float(uniformity(x)) == pytest.approx(math.log(mean), rel=1e-5)
+    # Identical rows are perfectly aligned and maximally non-uniform (log 1 = 0).
+    assert float(alignment(x, x)) == pytest.approx(0.0, abs=1e-7)
+    assert float(uniformity(x[:1].repeat(4, 1))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_convex_weighting_gives_ce_what_the_aux_terms_leave():
+    from mmaux.losses import combine
+
+    one = torch.tensor(1.0)
+    aux = AuxConfig(itc_weight=0.2, itm_weight=0.1, simcse_weight=0.05)
+    ce, itc, itm, sim = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(5.0), torch.tensor(7.0)
+    expected = 0.65 * 2 + 0.2 * 3 + 0.1 * 5 + 0.05 * 7
+    assert float(combine(ce, itc, itm, aux, sim)) == pytest.approx(expected)
+    additive = AuxConfig(itc_weight=0.2, itm_weight=0.1, simcse_weight=0.05, weighting="additive")
+    assert float(combine(ce, itc, itm, additive, sim)) == pytest.approx(expected - 0.65 * 2 + 2)
+    assert float(combine(one, None, None, aux)) == pytest.approx(1.0)  # nothing else on

@@ -50,7 +50,13 @@ class LogPoints(Callback):
 
 
 @pytest.mark.parametrize(
-    "extra", [(), ("aux.itm_negatives=hard", "train.grad_accum_steps=2")], ids=["random", "hard"]
+    "extra",
+    [
+        (),
+        ("aux.itm_negatives=hard", "train.grad_accum_steps=2"),
+        ("model.family=mmbt", "aux.itm_negatives=hard", "aux.simcse_weight=0.1"),
+    ],
+    ids=["random", "hard", "mmbt"],
 )
 def test_steps_between_log_points_never_read_a_tensor_on_the_host(make_cfg, extra):
     cfg = make_cfg("train.log_every_steps=3", *extra)  # 96 posts / 16: 6 micro-batches/epoch
@@ -127,14 +133,14 @@ def test_the_4d_padding_mask_gives_the_encoder_output_of_the_2d_mask(tiny_text_m
     from transformers import AutoModel
 
     from mmaux.config import config_from_dict
-    from mmaux.models.classifier import MultimodalClassifier
     from mmaux.models.encoders import load_text_encoder
+    from mmaux.models.late import LateFusionModel
 
     text_cfg = {"name": str(tiny_text_model), "attention": attention}
     no_aux = {"itc_weight": 0, "itm_weight": 0}
     cfg = config_from_dict({"model": {"fusion": "text", "text": text_cfg}, "aux": no_aux})
     text = load_text_encoder(cfg.model.text)
-    model = MultimodalClassifier(cfg, 2, text, None).eval()
+    model = LateFusionModel(cfg, 2, text, None).eval()
     ids = torch.randint(1000, 2000, (3, 7))
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[1, 4:] = 0

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from mmaux.data.images import DEFAULT_MAX_IMAGE_PIXELS, load_rgb
+from mmaux.data.images import DEFAULT_MAX_IMAGE_PIXELS, file_digest, load_rgb
 from mmaux.data.manifest import Manifest, Post
 
 
@@ -32,6 +32,19 @@ class ImageFeatures:
     tokens: torch.Tensor | None = None  # (N, T, C)
 
 
+def image_groups(root: Path, posts: Sequence[Post]) -> list[int]:
+    """One id per post, shared by the posts whose image files have the same bytes (the same
+    path, or a copy): ITM never samples such posts as each other's negatives."""
+    ids: dict[str, int] = {}
+    by_path: dict[str, int] = {}
+    out = []
+    for p in posts:
+        if p.image not in by_path:
+            by_path[p.image] = ids.setdefault(file_digest(Path(root) / p.image), len(ids))
+        out.append(by_path[p.image])
+    return out
+
+
 class PostDataset(Dataset):
     """Posts of one split. Text is tokenised once up front; images are decoded on access
     (or looked up in :class:`ImageFeatures` when the image encoder is frozen)."""
@@ -47,6 +60,7 @@ class PostDataset(Dataset):
         use_image: bool = True,
         pixels: ImagePixels | None = None,
         max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        with_image_groups: bool = False,
     ):
         self.root = Path(manifest.root)
         self.max_pixels = max_pixels  # data.rules.max_image_pixels, for images decoded here
@@ -66,6 +80,7 @@ class PostDataset(Dataset):
                 padding=False,
             )
             self.input_ids = [list(x) for x in enc["input_ids"]]
+        self.groups = image_groups(self.root, self.posts) if with_image_groups else None
         if use_image and features is None and transform is None:
             raise ValueError("PostDataset needs an image transform or cached image features")
 
@@ -80,6 +95,8 @@ class PostDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         post = self.posts[i]
         item: dict[str, Any] = {"index": i, "label": self.labels[i]}
+        if self.groups is not None:
+            item["image_group"] = self.groups[i]
         if self.input_ids is not None:
             item["input_ids"] = self.input_ids[i]
         if self.use_image:
@@ -104,6 +121,8 @@ def collate_posts(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, tor
         "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
         "labels": torch.tensor([it["label"] for it in items], dtype=torch.long),
     }
+    if "image_group" in items[0]:
+        batch["image_group"] = torch.tensor([it["image_group"] for it in items], dtype=torch.long)
     if "input_ids" in items[0]:
         length = max(len(it["input_ids"]) for it in items)
         ids = torch.full((len(items), length), pad_id, dtype=torch.long)

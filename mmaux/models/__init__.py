@@ -1,5 +1,14 @@
-"""Encoders, fusion heads and the multimodal classifier."""
+"""Model families behind one interface (:class:`MultimodalModel`) and :func:`build_model`."""
 
-from mmaux.models.classifier import Encoded, ModelOutput, MultimodalClassifier, build_model
+from mmaux.models.base import ModelOutput, MultimodalModel
+from mmaux.models.build import FAMILIES, build_model
+from mmaux.models.late import Encoded, LateFusionModel
 
-__all__ = ["Encoded", "ModelOutput", "MultimodalClassifier", "build_model"]
+__all__ = [
+    "FAMILIES",
+    "Encoded",
+    "LateFusionModel",
+    "ModelOutput",
+    "MultimodalModel",
+    "build_model",
+]
