@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
+import yaml
 
 from tests.pipeline_fixtures import tiny_params
 
@@ -138,3 +140,37 @@ def test_import_flow_parameters_are_validated(work):
 
     with pytest.raises(ParameterTypeError):
         import_flow(params={"dataset": "not-a-dataset", "src": "x", "out": "y"})
+
+
+def test_pipeline_flow_trains_an_early_fusion_family(work, synth_root, tiny_text_model):
+    """ViLT (pixels, no frozen encoder) through validate, preprocess, tune, train and
+    evaluate; the registered MLflow model predicts like the run."""
+    import mlflow
+
+    from flows.pipeline import pipeline_flow
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    params = _params(
+        work,
+        synth_root,
+        tiny_text_model,
+        model={"family": "vilt", "vilt": {"name": "random", "config": tiny}},
+        tune={"n_trials": 1, "epochs": 1},
+        train={"epochs": 1, "batch_size": 16, "device": "cpu", "progress": False},
+    )
+    out = pipeline_flow(params)
+    preprocess = json.loads((work / "reports/preprocess.json").read_text())
+    assert preprocess["pixels_from_cache"] is not None  # ViLT reads pixels, not features
+    assert preprocess["image_features_from_cache"] is None
+    run = work / "runs/pipeline"
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["family"] == "vilt"
+    assert 0 <= out["metrics"]["test"]["macro_f1"] <= 1
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/mmaux-classifier@champion")
+    rows = [json.loads(x) for x in (synth_root / "manifest.jsonl").read_text().splitlines()][:4]
+    images = [str(synth_root / r["image"]) for r in rows]
+    frame = pd.DataFrame({"text": [r["text"] for r in rows], "image": images})
+    probs = model.predict(frame)
+    labels = json.loads((run / "labels.json").read_text())
+    assert len(probs) == 4 and set(probs["label"]) <= set(labels)
+    assert list(probs.columns) == ["label", *(f"p_{n}" for n in labels)]

@@ -328,3 +328,26 @@ def test_a_training_step_reads_nothing_back_to_the_host(built, negatives):
     with probe:
         terms.total.item()
     assert probe.calls["item"] == 1  # the counter does see reads
+
+
+def test_simcse_without_itc_never_runs_the_image_only_pass():
+    torch.manual_seed(0)
+    cfg = config_from_dict(
+        {
+            "model": {"family": "vilt", "vilt": {"config": TINY}},
+            "data": {"image_size": S, "max_text_length": L},
+            "aux": {"itc_weight": 0, "itm_weight": 0, "simcse_weight": 0.1},
+        }
+    )
+    model, text, _ = build_model(cfg, 3)
+    lengths: list[int] = []  # sequence length of each transformer pass
+    hook = model.vilt.encoder.register_forward_hook(
+        lambda m, args, out: lengths.append(args[0].shape[1])
+    )
+    terms, _ = compute_losses(
+        model.train(), make_batch(text.tokenizer), cfg.aux, None, torch.Generator()
+    )
+    hook.remove()
+    assert terms.simcse is not None and terms.itc is None
+    n_image = 1 + (S // model.vilt.config.patch_size) ** 2
+    assert lengths == [L + n_image, L, L]  # the joint pass, then two text-only views

@@ -64,7 +64,8 @@ class MultimodalModel(nn.Module):
 
     Subclasses set :attr:`family`, build their encoders and call ``super().__init__`` with
     the widths of the fused vector and of the two unimodal vectors, then implement
-    :meth:`encode`, :meth:`fuse`, :meth:`unimodal` and :meth:`text_view`."""
+    :meth:`encode`, :meth:`fuse`, :meth:`unimodal` and :meth:`text_view`
+    (and :meth:`unimodal_text` where the text half alone is cheaper)."""
 
     family: str = ""
     uses_text: bool = True
@@ -123,6 +124,11 @@ class MultimodalModel(nn.Module):
         modality: what ITC contrasts, and SimCSE's first text view."""
         raise NotImplementedError
 
+    def unimodal_text(self, enc: Any) -> torch.Tensor:
+        """The text half of :meth:`unimodal` (SimCSE's first view); a family whose image
+        vector costs a pass of its own overrides this so SimCSE alone never pays for it."""
+        return self.unimodal(enc)[0]
+
     def text_view(self, enc: Any) -> torch.Tensor:
         """The pooled text encoded once more (B, text_dim), under a fresh dropout mask."""
         raise NotImplementedError
@@ -169,7 +175,7 @@ class MultimodalModel(nn.Module):
         """Two dropout views of each text through the SimCSE head (not normalised)."""
         if self.simcse_head is None:
             raise RuntimeError("the SimCSE head is off (aux.simcse_weight=0)")
-        first, _ = self.unimodal(enc)
+        first = self.unimodal_text(enc)
         return self.simcse_head(first), self.simcse_head(self.text_view(enc))
 
     def encoder_parameters(self) -> list[nn.Parameter]:

@@ -169,11 +169,15 @@ class ViltFamily(MultimodalModel):
     def unimodal(self, enc: ViltEncoded) -> tuple[torch.Tensor, torch.Tensor]:
         """A text-only pass (pooled by ``model.text.pooling``) and an image-only pass (mean
         over the patches) of the same layers; cached on ``enc``."""
-        if enc.text_only is None:
-            enc.text_only = self._text_pass(enc.text, enc.text_mask)
         if enc.image_only is None:
             enc.image_only = self._transformer(enc.image, None)[:, 1:].mean(1)
-        return enc.text_only, enc.image_only
+        return self.unimodal_text(enc), enc.image_only
+
+    def unimodal_text(self, enc: ViltEncoded) -> torch.Tensor:
+        """The text-only pass alone (SimCSE without ITC never runs the image-only pass)."""
+        if enc.text_only is None:
+            enc.text_only = self._text_pass(enc.text, enc.text_mask)
+        return enc.text_only
 
     def text_view(self, enc: ViltEncoded) -> torch.Tensor:
         """The text embedded and encoded once more (fresh dropout everywhere)."""
