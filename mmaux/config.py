@@ -387,12 +387,6 @@ class Config(_Section):
                 f"aux: ITC/ITM need both modalities but model.fusion={fusion!r}; "
                 "set aux.itc_weight=0 and aux.itm_weight=0 for unimodal baselines"
             )
-        top = self.tune.itc_weight[1] + self.tune.itm_weight[1] + self.aux.simcse_weight
-        if self.tune.enabled and self.aux.weighting == "convex" and top >= 1.0:
-            raise ValueError(
-                "tune: the search ranges' upper ends (tune.itc_weight, tune.itm_weight) plus "
-                "aux.simcse_weight must stay < 1 with aux.weighting=convex"
-            )
         if fusion == "image" and self.aux.simcse_weight > 0:
             raise ValueError("aux.simcse_weight: SimCSE needs text; model.fusion='image'")
         if (

@@ -239,6 +239,10 @@ def test_hard_negatives_fall_back_to_random_without_itc(tune_cfg):
 def test_search_space_and_overrides_edge_cases(tune_cfg, tmp_path):
     with pytest.raises(ConfigError, match="search space"):
         check_search_space(tune_cfg("tune.itc_weight=[0.0, 0.6]", "tune.itm_weight=[0.0, 0.6]"))
+    # SimCSE's weight takes its share of CE's too: 0.4 + 0.4 + 0.3 >= 1 at the corner.
+    with pytest.raises(ConfigError, match="simcse_weight must be < 1"):
+        check_search_space(tune_cfg("aux.simcse_weight=0.3"))
+    check_search_space(tune_cfg("aux.simcse_weight=0.1"))
     cfg = tune_cfg("tune.temperature=[0.03, 0.2]", "tune.itm_weight=[0.0, 0.0]")
     check_search_space(cfg)
     trial = make_study(cfg.tune).ask()
