@@ -143,8 +143,13 @@ def test_resume_refuses_a_changed_configuration(make_cfg, tmp_path):
         Trainer(changed).fit(resume=True)
 
 
-def test_dropout_is_active_in_every_training_epoch(make_cfg):
-    cfg = make_cfg("train.epochs=3", "model.dropout=0.3")
+@pytest.mark.parametrize("family", ["late", "mmbt", "vilt", "lxmert"])
+def test_dropout_is_active_in_every_training_epoch(make_cfg, family):
+    # The authors' single-stream models switched dropout off after the first epoch.
+    from tests.test_families import AUX, FAMILIES
+
+    extra = (*FAMILIES[family], *AUX) if family != "late" else ()
+    cfg = make_cfg("train.epochs=3", "model.dropout=0.3", *extra)
     seen: dict[int, list[bool]] = {}
 
     class Track(Callback):

@@ -55,6 +55,42 @@ def resolve_text_source(name: str) -> str:
     return name
 
 
+def transformer_source(name: str, label: str, key: str, cls: str) -> str:
+    """A local directory (a name starting with ``/``, ``.`` or ``~``, which must exist) or a
+    hub name, for the ``label`` model configured at ``key`` (e.g. ``model.vilt``)."""
+    if name.startswith(("/", ".", "~")):
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise EncoderLoadError(
+                f"{label} model {name!r}: no such directory; point {key}.name at a saved "
+                f"transformers {cls} (save_pretrained, with its tokenizer) or use 'random'"
+            )
+        return str(path)
+    return name
+
+
+def transformer_load_message(
+    label: str, key: str, cls: str, name: str, source: str, local_only: bool, err: BaseException
+) -> str:
+    """One line: which ``label`` model failed to load, why, and what to do."""
+    if Path(source).is_dir():
+        why = _first_line(err).rstrip(":") if (Path(source) / "config.json").is_file() else ""
+        return (
+            f"cannot load {label} model {name!r} from {source}: {why or 'no config.json'}; the "
+            f"directory needs a transformers {cls} and its tokenizer (save_pretrained)"
+        )
+    if local_only:
+        return (
+            f"{label} model {name!r} is neither a local directory nor in the Hugging Face "
+            f"cache, and {key}.local_files_only=true forbids downloads: point {key}.name at "
+            f"a local copy, use 'random', or download it once with {key}.local_files_only=false"
+        )
+    return (
+        f"cannot download {label} model {name!r}: {_first_line(err)}; check the name and the "
+        "network, or use a local copy or 'random'"
+    )
+
+
 @dataclass
 class TextEncoder:
     """A transformers encoder with its tokenizer."""

@@ -55,6 +55,8 @@ from mmaux.models.encoders import (
     _first_line,
     load_image_encoder,
     resolve_text_source,
+    transformer_load_message,
+    transformer_source,
 )
 from mmaux.models.late import run_image_encoder
 
@@ -259,36 +261,12 @@ class LxmertFamily(MultimodalModel):
 
 
 def _lxmert_source(name: str) -> str:
-    """A local directory (a name starting with ``/``, ``.`` or ``~``) or a hub name."""
-    if name.startswith(("/", ".", "~")):
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise EncoderLoadError(
-                f"LXMERT model {name!r}: no such directory; point model.lxmert.name at a saved "
-                "transformers LxmertModel (save_pretrained, with its tokenizer) or use 'random'"
-            )
-        return str(path)
-    return name
+    return transformer_source(name, "LXMERT", "model.lxmert", "LxmertModel")
 
 
 def _lxmert_load_message(name: str, source: str, local_only: bool, err: BaseException) -> str:
-    """One line: which LXMERT model failed, why, and what to do."""
-    if Path(source).is_dir():
-        why = _first_line(err).rstrip(":") if (Path(source) / "config.json").is_file() else ""
-        return (
-            f"cannot load LXMERT model {name!r} from {source}: {why or 'no config.json'}; the "
-            "directory needs a transformers LxmertModel and its tokenizer (save_pretrained)"
-        )
-    if local_only:
-        return (
-            f"LXMERT model {name!r} is neither a local directory nor in the Hugging Face "
-            "cache, and model.lxmert.local_files_only=true forbids downloads: point "
-            "model.lxmert.name at a local copy, use 'random', or download it once with "
-            "model.lxmert.local_files_only=false"
-        )
-    return (
-        f"cannot download LXMERT model {name!r}: {_first_line(err)}; check the name and the "
-        "network, or use a local copy or 'random'"
+    return transformer_load_message(
+        "LXMERT", "model.lxmert", "LxmertModel", name, source, local_only, err
     )
 
 

@@ -42,6 +42,8 @@ from mmaux.models.encoders import (
     TextEncoder,
     _first_line,
     resolve_text_source,
+    transformer_load_message,
+    transformer_source,
 )
 
 # A small random ViLT that trains on a CPU (ViLT-B/32 is 768 wide, 12 layers).
@@ -188,36 +190,12 @@ class ViltFamily(MultimodalModel):
 
 
 def _vilt_source(name: str) -> str:
-    """A local directory (a name starting with ``/``, ``.`` or ``~``) or a hub name."""
-    if name.startswith(("/", ".", "~")):
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise EncoderLoadError(
-                f"ViLT model {name!r}: no such directory; point model.vilt.name at a saved "
-                "transformers ViltModel (save_pretrained, with its tokenizer) or use 'random'"
-            )
-        return str(path)
-    return name
+    return transformer_source(name, "ViLT", "model.vilt", "ViltModel")
 
 
 def _vilt_load_message(name: str, source: str, local_only: bool, err: BaseException) -> str:
-    """One line: which ViLT model failed, why, and what to do."""
-    if Path(source).is_dir():
-        why = _first_line(err).rstrip(":") if (Path(source) / "config.json").is_file() else ""
-        return (
-            f"cannot load ViLT model {name!r} from {source}: {why or 'no config.json'}; the "
-            "directory needs a transformers ViltModel and its tokenizer (save_pretrained)"
-        )
-    if local_only:
-        return (
-            f"ViLT model {name!r} is neither a local directory nor in the Hugging Face cache, "
-            "and model.vilt.local_files_only=true forbids downloads: point model.vilt.name at "
-            "a local copy, use 'random', or download it once with "
-            "model.vilt.local_files_only=false"
-        )
-    return (
-        f"cannot download ViLT model {name!r}: {_first_line(err)}; check the name and the "
-        "network, or use a local copy or 'random'"
+    return transformer_load_message(
+        "ViLT", "model.vilt", "ViltModel", name, source, local_only, err
     )
 
 
