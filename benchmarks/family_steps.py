@@ -87,6 +87,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from mmaux.assemble import caches_image_features  # noqa: E402
 from mmaux.config import Config, load_config  # noqa: E402
 from mmaux.distributed import SINGLE  # noqa: E402
 from mmaux.losses import balanced_class_weights  # noqa: E402
@@ -255,17 +256,6 @@ def synthetic_batch(
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def feeds_cached_features(cfg: Config, model: MultimodalModel) -> bool:
-    """Whether the trainer feeds this model cached image features (as :func:`assemble`):
-    a frozen timm image encoder with ``train.cache_image_features``."""
-    return bool(
-        model.uses_image
-        and cfg.model.image.freeze
-        and model.image_encoder is not None
-        and cfg.train.cache_image_features
-    )
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -290,7 +280,7 @@ class Context:
         image encoder, from the frozen encoder, float32 as the feature cache stores them)
         instead of pixels where it caches them, pixels otherwise."""
         batch = self.pixels_batch
-        if not feeds_cached_features(cfg, model):
+        if not caches_image_features(cfg, model):
             return batch, "pixels"
         key = json.dumps(cfg.model.image.model_dump(mode="json"), sort_keys=True)
         if key not in self.features:

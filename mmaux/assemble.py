@@ -108,6 +108,17 @@ class Assembly:
         return DataLoader(ds, batch_size=batch_size, shuffle=False, **common)
 
 
+def caches_image_features(cfg: Config, model: MultimodalModel) -> bool:
+    """Whether the model reads cached image features instead of pixels: a frozen timm
+    image encoder with ``train.cache_image_features``."""
+    return bool(
+        model.uses_image
+        and cfg.model.image.freeze
+        and model.image_encoder is not None
+        and cfg.train.cache_image_features
+    )
+
+
 def assemble(
     cfg: Config,
     device: torch.device,
@@ -130,8 +141,7 @@ def assemble(
         # Caches cover the whole data set, whichever splits this job reads, so every
         # stage (preprocess, tune, train, evaluate) shares one cache entry.
         posts = manifest.posts
-        frozen = cfg.model.image.freeze and model.image_encoder is not None
-        if frozen and cfg.train.cache_image_features:
+        if caches_image_features(cfg, model):
             encoder_id = {
                 "name": cfg.model.image.name,
                 "kwargs": cfg.model.image.kwargs,

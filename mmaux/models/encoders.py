@@ -91,6 +91,27 @@ def transformer_load_message(
     )
 
 
+def check_transformer_limits(
+    conf: Any, max_text_length: int, simcse_weight: float, label: str, key: str, random: bool
+) -> None:
+    """Refuse texts longer than the model's position table; warn when SimCSE is on but the
+    model has no dropout (its two views would be identical)."""
+    import warnings
+
+    if max_text_length > conf.max_position_embeddings:
+        raise EncoderLoadError(
+            f"data.max_text_length={max_text_length} exceeds the {label} model's "
+            f"{conf.max_position_embeddings} text positions: lower data.max_text_length"
+            + (f" or raise {key}.config.max_position_embeddings" if random else "")
+        )
+    if simcse_weight > 0 and conf.hidden_dropout_prob == 0:
+        warnings.warn(
+            f"SimCSE's two views differ only by dropout, and this {label} has "
+            f"hidden_dropout_prob=0: set {key}.config.hidden_dropout_prob (e.g. 0.1)",
+            stacklevel=3,
+        )
+
+
 @dataclass
 class TextEncoder:
     """A transformers encoder with its tokenizer."""

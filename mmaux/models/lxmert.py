@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from mmaux.models.encoders import (
     ImageEncoder,
     TextEncoder,
     _first_line,
+    check_transformer_limits,
     load_image_encoder,
     resolve_text_source,
     transformer_load_message,
@@ -366,17 +366,8 @@ def build_lxmert(cfg: Config, num_classes: int) -> tuple[LxmertFamily, TextEncod
     build = _random_lxmert if random else _pretrained_lxmert
     lxmert, tokenizer = build(cfg, image.feature_dim)
     conf = lxmert.config
-    if cfg.data.max_text_length > conf.max_position_embeddings:
-        raise EncoderLoadError(
-            f"data.max_text_length={cfg.data.max_text_length} exceeds the LXMERT model's "
-            f"{conf.max_position_embeddings} text positions: lower data.max_text_length"
-            + (" or raise model.lxmert.config.max_position_embeddings" if random else "")
-        )
-    if cfg.aux.simcse_weight > 0 and conf.hidden_dropout_prob == 0:
-        warnings.warn(
-            "SimCSE's two views differ only by dropout, and this LXMERT has "
-            "hidden_dropout_prob=0: set model.lxmert.config.hidden_dropout_prob (e.g. 0.1)",
-            stacklevel=2,
-        )
+    check_transformer_limits(
+        conf, cfg.data.max_text_length, cfg.aux.simcse_weight, "LXMERT", "model.lxmert", random
+    )
     text = TextEncoder(model=lxmert, tokenizer=tokenizer, hidden_size=int(conf.hidden_size))
     return LxmertFamily(cfg, num_classes, lxmert, image), text, image

@@ -25,7 +25,6 @@ mean pooling can see. ViLT's patch sampling (``max_image_length > 0``) is not us
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from mmaux.models.encoders import (
     ImageEncoder,
     TextEncoder,
     _first_line,
+    check_transformer_limits,
     resolve_text_source,
     transformer_load_message,
     transformer_source,
@@ -333,18 +333,9 @@ def build_vilt(cfg: Config, num_classes: int) -> tuple[ViltFamily, TextEncoder, 
     _check_overrides(cfg.model.vilt.config)
     vilt, tokenizer = _random_vilt(cfg) if random else _pretrained_vilt(cfg)
     conf = vilt.config
-    if cfg.data.max_text_length > conf.max_position_embeddings:
-        raise EncoderLoadError(
-            f"data.max_text_length={cfg.data.max_text_length} exceeds the ViLT model's "
-            f"{conf.max_position_embeddings} text positions: lower data.max_text_length"
-            + (" or raise model.vilt.config.max_position_embeddings" if random else "")
-        )
-    if cfg.aux.simcse_weight > 0 and conf.hidden_dropout_prob == 0:
-        warnings.warn(
-            "SimCSE's two views differ only by dropout, and this ViLT has "
-            "hidden_dropout_prob=0: set model.vilt.config.hidden_dropout_prob (e.g. 0.1)",
-            stacklevel=2,
-        )
+    check_transformer_limits(
+        conf, cfg.data.max_text_length, cfg.aux.simcse_weight, "ViLT", "model.vilt", random
+    )
     image = _image_side(cfg, vilt)
     text = TextEncoder(model=vilt, tokenizer=tokenizer, hidden_size=int(conf.hidden_size))
     return ViltFamily(cfg, num_classes, vilt), text, image
