@@ -1,17 +1,18 @@
-"""The paper's comparison on real data: MultiOFF (offensive election memes), offline encoders.
+"""The real-data study on MultiOFF (offensive election memes), offline encoders, one command.
 
-Steps, each reused when its output already exists (so an interrupted run resumes):
+Steps, each reused when its output already exists (an interrupted run continues):
 
 1. import the raw MultiOFF folder (``mmaux import multioff``; the one image missing from the
    public copy is dropped and listed in ``data/import_report.json``);
-2. tune the ITC/ITM loss weights with Optuna on the **validation split only** (train on
-   train, score val macro-F1; the test split is never read);
-3. train text-only, image-only, fused CE-only, +ITC, +ITM and +ITC+ITM on the same seeds
-   with the tuned weights, early stopping on val macro-F1, and report mean ± std
-   macro-F1 / weighted-F1 on the official test split with the paired gap to fused CE-only.
+2. the val/test shift probe: linear models on frozen image features and on TF-IDF text,
+   trained on train, scored on val and on test (``shift.json``): do val and test agree
+   about which modality carries the label?
+3. the aux study of ``params/real-data.yaml`` (CE, +ITC, +ITM, +ITC+ITM, text-only on
+   ``--seeds``, default 10) with paired statistics (``study/report.md``);
+4. the low-resource study: text-only, CE and +ITC+ITM at ``--sizes`` training posts and all,
+   on ``--lowres-seeds`` (default 5), sharing the cells of step 3 (``low-resource/report.md``).
 
-Writes ``OUT/benchmark.json`` (configuration, tuned weights, timings, machine) and
-``OUT/table.md``. The data set stays where it is; only its import goes under ``OUT``.
+Writes ``OUT/benchmark.json`` (commands, timings, machine). The data set stays where it is.
 
     python benchmarks/multioff.py --src ../shared/datasets/multioff --out results/multioff
 """
@@ -25,28 +26,17 @@ import platform
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
-from mmaux.ablation import VARIANTS, format_table, run_ablation
-from mmaux.config import dump_config, load_config
+from mmaux.cli import main as cli_main
+from mmaux.config import load_config
 from mmaux.importers import import_multioff
-from mmaux.tuning import load_best_overrides, tune
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = REPO.parent / "shared" / "datasets" / "multioff"
-
-# Changes from params.yaml for this data set, and why:
-BENCH_OVERRIDES = [
-    # MultiOFF texts are long meme OCR (median 41 tokens, 90th percentile 118): use the
-    # authors' max length 128, and batch similar lengths together to pay for less padding.
-    "data.max_text_length=128",
-    "train.length_grouping=4",
-    "train.progress=false",
-    # the search: the pipeline's default study (8 finished trials, median pruner)
-    "tune.n_trials=8",
-    "tune.epochs=8",
-]
 
 
 def machine() -> dict[str, object]:
@@ -61,18 +51,65 @@ def machine() -> dict[str, object]:
     return info
 
 
+def shift_probe(cfg) -> dict[str, dict[str, Any]]:
+    """Macro-F1 of linear probes fit on train, on train / val / test: a logistic regression on
+    the frozen image encoder's pooled features, and one on TF-IDF word n-grams of the text."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+
+    from mmaux.assemble import load_data
+    from mmaux.data.features import cached_image_features, weights_digest
+    from mmaux.data.images import build_transform
+    from mmaux.models.encoders import load_image_encoder
+
+    manifest = load_data(cfg)
+    enc = load_image_encoder(cfg.model.image)
+    transform = build_transform(enc.data_config, cfg.data.image_size)
+    encoder_id = {"name": cfg.model.image.name, "kwargs": {}, "weights": weights_digest(enc.model)}
+    feats, _ = cached_image_features(
+        enc.model,
+        encoder_id,
+        manifest.root,
+        [p.image for p in manifest.posts],
+        transform,
+        cfg.data.cache_dir,
+        False,
+        torch.device("cpu"),
+        progress=True,
+    )
+    label = manifest.label_index()
+    splits = {s: manifest.split(s) for s in ("train", "val", "test")}
+    y = {s: np.array([label[p.label] for p in ps]) for s, ps in splits.items()}
+    image = {s: feats.pooled[[feats.rows[p.image] for p in ps]].numpy() for s, ps in splits.items()}
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    tfidf.fit([p.text for p in splits["train"]])
+    text = {s: tfidf.transform([p.text for p in ps]) for s, ps in splits.items()}
+    from mmaux.study.stats import test_set_bootstrap
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, x in (("image (frozen features)", image), ("text (TF-IDF)", text)):
+        probe = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced")
+        probe.fit(x["train"], y["train"])
+        out[name] = {"train": round(float(f1_score(y["train"], probe.predict(x["train"]),
+                                                   average="macro")), 4)}  # fmt: skip
+        for s in ("val", "test"):  # with a 95% CI from resampling the split's posts
+            boot = test_set_bootstrap(y[s], [probe.predict(x[s])], len(label), n_resamples=2000)
+            out[name][s] = round(boot["mean"], 4)
+            out[name][f"{s}_ci"] = [round(boot["ci_low"], 4), round(boot["ci_high"], 4)]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="raw MultiOFF folder")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "multioff")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument(
-        "--no-tune",
-        action="store_true",
-        help="skip the search and use the paper's default weights (0.1 each)",
-    )
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--params", type=Path, default=REPO / "params" / "real-data.yaml")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds of the aux study")
+    parser.add_argument("--lowres-seeds", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--track", action="store_true", help="MLflow (tracking.* of --params)")
+    parser.add_argument("--workers", type=int, default=2, help="cells trained at a time")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
@@ -81,69 +118,80 @@ def main() -> None:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     if not (data / "manifest.jsonl").is_file():
-        report = import_multioff(args.src, data, on_missing="drop")
-        print(report.summary())
+        print(import_multioff(args.src, data, on_missing="drop").summary())
     timings["import_s"] = time.perf_counter() - started
 
-    family = load_config(args.params, [*BENCH_OVERRIDES, *args.overrides]).model.family
-    tag = "" if family == "late" else f"-{family}"  # each family tunes and trains apart
-    overrides = [
+    common = [
         f"data.root={data}",
         f"data.cache_dir={out / 'cache'}",
-        "tracking.enabled=false",
-        f"tune.storage={out / f'tuning{tag}' / 'study.journal'}",
-        f"tune.best_params={out / f'tuning{tag}' / 'best_params.json'}",
-        *BENCH_OVERRIDES,
+        f"study.cells_dir={out / 'cells'}",
         *args.overrides,
     ]
-    base = load_config(args.params, overrides)
-
-    tuned: list[str] = []
-    t0 = time.perf_counter()
-    if not args.no_tune:
-        best_path = Path(base.tune.best_params)
-        if not best_path.is_file():
-            result = tune(base, out_dir=out / f"tuning{tag}")
-            print(
-                f"tuning: best val macro-F1 {result.best_value:.4f} (trial {result.best_trial}; "
-                f"{result.n_complete} complete, {result.n_pruned} pruned)"
-            )
-        tuned = load_best_overrides(best_path)
-        base = load_config(args.params, [*overrides, *tuned])
-    timings["tune_s"] = time.perf_counter() - t0
-    print("aux weights:", tuned or "paper defaults (0.1 / 0.1)")
+    base = load_config(args.params, common)
 
     t0 = time.perf_counter()
-    runs_dir = out / f"ablation{tag}{'-paper-defaults' if args.no_tune else ''}"
-    summary = run_ablation(base, args.seeds, runs_dir, args.variants)
-    timings["ablation_s"] = time.perf_counter() - t0
+    shift_path = out / "shift.json"
+    if not shift_path.is_file():
+        shift_path.write_text(json.dumps(shift_probe(base), indent=2) + "\n")
+    shift = json.loads(shift_path.read_text())
+    timings["shift_probe_s"] = time.perf_counter() - t0
+    print("val/test shift probe (macro-F1):", json.dumps(shift))
+
+    studies = {
+        "aux": [
+            "--seeds",
+            *map(str, range(args.seeds)),
+            "--out",
+            str(out / "study"),
+            "--set",
+            "study.name=multioff-aux",
+        ],
+        "low-resource": [
+            "--preset",
+            "low-resource",
+            "--sizes",
+            *map(str, args.sizes),
+            "all",
+            "--seeds",
+            *map(str, range(args.lowres_seeds)),
+            "--out",
+            str(out / "low-resource"),
+            "--set",
+            "study.name=multioff-low-resource",
+        ],
+    }
+    reports = {}
+    for name, extra in studies.items():
+        t0 = time.perf_counter()
+        argv = ["study", "--params", str(args.params), *extra]
+        argv += [x for o in common for x in ("--set", o)]
+        argv += ["--workers", str(args.workers), *([] if args.track else ["--no-track"])]
+        if cli_main(argv) != 0:
+            raise SystemExit(f"study {name} failed")
+        timings[f"{name}_s"] = time.perf_counter() - t0
+        reports[name] = str(out / ("study" if name == "aux" else name) / "report.md")
     timings["total_s"] = time.perf_counter() - started
 
-    table = format_table(summary)
     payload = {
         "command": "python benchmarks/multioff.py "
-        + " ".join(
-            [f"--seeds {' '.join(map(str, args.seeds))}"]
-            + (["--no-tune"] if args.no_tune else [])
-            + [f"--set {o}" for o in args.overrides]
-        ),
-        "overrides": overrides,
-        "tuned": tuned,
-        "config": dump_config(base),
-        "summary": summary,
+        + f"--params {args.params} --seeds {args.seeds} --lowres-seeds {args.lowres_seeds} "
+        + f"--sizes {' '.join(map(str, args.sizes))} --workers {args.workers}"
+        + "".join(f" --set {o}" for o in args.overrides),
+        "shift_probe": shift,
+        "reports": reports,
         "timings": timings,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "machine": machine(),
     }
-    (runs_dir / "benchmark.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (runs_dir / "table.md").write_text(table + "\n")
-    print(table)
+    (out / "benchmark.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    for name, path in reports.items():
+        print(f"\n===== {name}: {path}\n")
+        print(Path(path).read_text())
     print(
-        f"\nimport {timings['import_s']:.0f} s, tuning {timings['tune_s']:.0f} s, "
-        f"training {timings['ablation_s']:.0f} s, total {timings['total_s'] / 60:.1f} min "
-        f"on {payload['machine']}"
+        f"total {timings['total_s'] / 60:.1f} min "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total_s")
+        + f" on {payload['machine']}"
     )
-    print(f"written to {runs_dir}/ (benchmark.json, table.md, runs.jsonl)")
 
 
 if __name__ == "__main__":

@@ -13,36 +13,44 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmaux.config import VARIANTS as ALL_VARIANTS
 from mmaux.config import Config, config_from_dict, dump_config
 
 PAPER_BETA = 0.1
-VARIANTS = ("text-only", "image-only", "fused-ce", "fused+itc", "fused+itm", "fused+itc+itm")
+VARIANTS = ALL_VARIANTS[:6]  # the paper's comparison (mmaux ablate's default)
 BASELINE = "fused-ce"
+# What each variant trains: fusion (None: the base's fused head) and which aux terms are on.
+VARIANT_TERMS: dict[str, dict[str, Any]] = {
+    "text-only": {"fusion": "text"},
+    "image-only": {"fusion": "image"},
+    "fused-ce": {},
+    "fused+itc": {"itc": True},
+    "fused+itm": {"itm": True},
+    "fused+itc+itm": {"itc": True, "itm": True},
+    "fused+simcse": {"simcse": True},
+    "fused+itc+simcse": {"itc": True, "simcse": True},  # MCSE
+}
 
 
 def variant_config(base: Config, variant: str, seed: int, out_dir: Path) -> Config:
-    """The base configuration changed only where a variant differs (and seed, output dir)."""
-    itc = base.aux.itc_weight or PAPER_BETA
-    itm = base.aux.itm_weight or PAPER_BETA
-    fusion = base.model.fusion if base.model.fusion not in ("text", "image") else "concat"
-    table: dict[str, dict[str, Any]] = {
-        "text-only": {"fusion": "text", "itc": 0.0, "itm": 0.0},
-        "image-only": {"fusion": "image", "itc": 0.0, "itm": 0.0},
-        "fused-ce": {"fusion": fusion, "itc": 0.0, "itm": 0.0},
-        "fused+itc": {"fusion": fusion, "itc": itc, "itm": 0.0},
-        "fused+itm": {"fusion": fusion, "itc": 0.0, "itm": itm},
-        "fused+itc+itm": {"fusion": fusion, "itc": itc, "itm": itm},
-    }
-    if variant not in table:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
-    v = table[variant]
+    """The base configuration changed only where a variant differs (and seed, output dir).
+
+    An aux term a variant turns on keeps the base's weight (the paper's 0.1 where the base
+    has 0); the terms it leaves out get weight 0."""
+    if variant not in VARIANT_TERMS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(ALL_VARIANTS)}")
+    v = VARIANT_TERMS[variant]
     raw = dump_config(base)
-    raw["model"]["fusion"] = v["fusion"]
-    if v["fusion"] in ("text", "image"):  # unimodal baselines are late-family models
+    fused = base.model.fusion if base.model.fusion not in ("text", "image") else "concat"
+    raw["model"]["fusion"] = v.get("fusion", fused)
+    if raw["model"]["fusion"] in ("text", "image"):  # unimodal baselines are late-family models
         raw["model"]["family"] = "late"
-    raw["aux"]["itc_weight"], raw["aux"]["itm_weight"] = v["itc"], v["itm"]
-    if v["itc"] == 0 and raw["aux"]["itm_negatives"] == "hard":
-        raw["aux"]["itm_negatives"] = "random"
+    aux = raw["aux"]
+    for term in ("itc", "itm", "simcse"):
+        weight = getattr(base.aux, f"{term}_weight") or PAPER_BETA
+        aux[f"{term}_weight"] = weight if v.get(term) else 0.0
+    if aux["itc_weight"] == 0 and aux["itm_negatives"] == "hard":
+        aux["itm_negatives"] = "random"
     raw["train"]["seed"] = seed
     raw["train"]["output_dir"] = str(out_dir / variant / f"seed-{seed}")
     return config_from_dict(raw, source=f"ablation:{variant}")

@@ -19,7 +19,8 @@ from mmaux.data.features import (
     weights_digest,
 )
 from mmaux.data.images import build_transform
-from mmaux.data.manifest import Manifest, load_manifest
+from mmaux.data.manifest import Manifest, Post, load_manifest
+from mmaux.data.subsample import stratified_subsample
 from mmaux.models import MultimodalModel, build_model
 from mmaux.models.encoders import ImageEncoder, TextEncoder
 
@@ -108,6 +109,21 @@ class Assembly:
         return DataLoader(ds, batch_size=batch_size, shuffle=False, **common)
 
 
+def split_posts(cfg: Config, manifest: Manifest, split: str) -> list[Post]:
+    """The posts a job reads of one split: for train, the ``data.n_train`` subsample."""
+    posts = manifest.split(split)
+    n = cfg.data.n_train
+    if split != "train" or n is None:
+        return posts
+    if n > len(posts):
+        raise ValueError(
+            f"data.n_train={n}: {manifest.source or manifest.root} has only {len(posts)} "
+            "training posts"
+        )
+    seed = cfg.train.seed if cfg.data.subsample_seed is None else cfg.data.subsample_seed
+    return stratified_subsample(posts, n, seed)
+
+
 def caches_image_features(cfg: Config, model: MultimodalModel) -> bool:
     """Whether the model reads cached image features instead of pixels: a frozen timm
     image encoder with ``train.cache_image_features``."""
@@ -172,7 +188,7 @@ def assemble(
     for split in splits:
         asm.datasets[split] = PostDataset(
             manifest,
-            manifest.split(split),
+            split_posts(cfg, manifest, split),
             tokenizer,
             cfg.data.max_text_length,
             transform=transform,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ Typical first session (no network needed):
   mmaux train                 # train with params.yaml into runs/default/
   mmaux evaluate              # re-evaluate the trained run on the test split
   mmaux ablate --seeds 0 1 2  # text-only / image-only / fused CE / +ITC / +ITM / +ITC+ITM
+  mmaux study --preset aux    # the same grid with paired statistics, plots and a report
 """
 
 
@@ -180,6 +182,97 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from mmaux.study.grid import cell_config, cells, study_overrides
+    from mmaux.study.runner import collect, report, run_cell, train_cells
+
+    preset = study_overrides(args.preset)
+    chosen = study_overrides(None, args.seeds, args.variants, args.sizes, args.out)
+    cfg = load_config(args.params, [*preset, *args.overrides, *chosen])
+    grid = cells(cfg)
+    if args.list:
+        from mmaux.training import finished_run
+
+        for cell in grid:
+            state = "finished" if finished_run(cell_config(cfg, cell)) else "to do"
+            print(f"{cell.key:<50} {state}")
+        return 0
+    tracker = None
+    if cfg.tracking.enabled and not args.no_track:
+        from mmaux.tracking.study import StudyTracker
+
+        tracker = StudyTracker(cfg)
+    if args.cell:  # one cell, e.g. on a worker; the report is made later with --report
+        from mmaux.study.grid import Cell
+        from mmaux.study.workers import PARENT_ENV
+
+        cell = Cell.parse(args.cell)
+        if cell not in grid:
+            raise ValueError(f"cell {args.cell!r} is not in this study; see mmaux study --list")
+        if tracker is None:
+            res = run_cell(cfg, cell)
+        elif os.environ.get(PARENT_ENV):  # a worker of `--workers`: the parent is held open
+            tracker.attach(os.environ[PARENT_ENV])
+            res = run_cell(cfg, cell, tracker)
+        else:
+            with tracker.parent():
+                res = run_cell(cfg, cell, tracker)
+        print(f"{cell.key}: test macro-F1 {res.metrics['test']['macro_f1']:.4f}")
+        return 0
+    context = tracker.parent() if tracker is not None else contextlib.nullcontext()
+    with context:
+        if not args.report and args.workers > 1:
+            from mmaux.study.workers import run_workers
+
+            _, missing = collect(cfg)
+            failed = run_workers(cfg, missing, args.workers, tracker and tracker.parent_id)
+            if failed:
+                raise RuntimeError(
+                    f"{len(failed)} cell(s) failed, e.g. {failed[0].key}; logs in "
+                    f"{cfg.study.out_dir}/logs/. Run again to retry them."
+                )
+        if args.report or args.workers > 1:
+            results, missing = collect(cfg)
+            if missing:
+                print(f"{len(missing)} cell(s) not finished, left out of the report:",
+                      file=sys.stderr)  # fmt: skip
+                for cell in missing[:20]:
+                    print(f"  {cell.key}", file=sys.stderr)
+            if not results:
+                raise ValueError("no finished cell to report on")
+        else:
+            results = train_cells(cfg, trainer=tracker) if tracker else train_cells(cfg)
+        summary = report(cfg, results)
+        if tracker is not None:
+            from mmaux.study.report import report_files
+
+            tracker.log_report(summary, report_files(cfg))
+    out = Path(cfg.study.out_dir)
+    print((out / "report.md").read_text())
+    print(f"written to {out}/ (report.md, summary.json, cells.jsonl, plots/)")
+    return 0
+
+
+def _study_epilog() -> str:
+    from mmaux.config import VARIANTS
+    from mmaux.study.grid import PRESET_HELP, PRESETS
+
+    lines = ["variants:"]
+    lines += [f"  {v}" for v in VARIANTS]
+    lines += ["", "presets (--preset NAME; --set and the options above override them):"]
+    lines += [f"  {name:<13} {PRESET_HELP[name]}" for name in PRESETS]
+    lines += [
+        "",
+        "examples:",
+        "  mmaux study --preset aux --seeds 0 1 2 3 4",
+        "  mmaux study --params params/real-data.yaml --preset low-resource",
+        "  mmaux study --list                      # cells and which are finished",
+        "  mmaux study --cell default/fused+itc/n-all/seed-1   # one cell (a worker)",
+        "  mmaux study --report                    # report on the finished cells",
+    ]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmaux", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -286,6 +379,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", help="subset of variants (default: all six)")
     p.add_argument("--out", default="results/ablation", help="results directory")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser(
+        "study",
+        help="a grid of runs (models x variants x training sizes x seeds) and its statistics",
+        description="Train every cell of study.* (params.yaml) and compare the variants: "
+        "paired gaps with bootstrap CIs, Wilcoxon and permutation p-values (Holm-corrected), "
+        "test-set bootstraps, low-resource curves and subgroups; writes report.md, plots and "
+        "summary.json to study.out_dir. Finished cells are reused and an interrupted one "
+        "resumed; with tracking on, one MLflow parent run holds a child run per cell.",
+        epilog=_study_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common(p)
+    p.add_argument("--preset", help="a named grid (see below)")
+    p.add_argument("--seeds", type=int, nargs="+", help="study.seeds")
+    p.add_argument("--variants", nargs="+", metavar="VARIANT", help="study.variants")
+    p.add_argument("--sizes", nargs="+", metavar="N", help="study.sizes (numbers or 'all')")
+    p.add_argument("--out", help="study.out_dir")
+    p.add_argument("--list", action="store_true", help="list the cells and which are finished")
+    p.add_argument("--cell", metavar="KEY", help="train only this cell (MODEL/VARIANT/n-N/seed-K)")
+    p.add_argument("--report", action="store_true", help="report on finished cells; train none")
+    p.add_argument("--no-track", action="store_true", help="no MLflow, whatever tracking.enabled")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N cells at a time, each in its own process with 1/N of the CPU threads",
+    )
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser(
         "config",

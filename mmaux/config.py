@@ -100,6 +100,15 @@ class DataConfig(_Section):
         160, ge=16, le=1024, description="encoder input size; null uses the encoder's own"
     )
     cache_dir: Path = Field(Path("data/processed"), description="preprocessing caches")
+    n_train: int | None = Field(
+        None,
+        ge=2,
+        description="train on a seeded, stratified subsample of this many training posts "
+        "(the low-resource study); null = the whole train split",
+    )
+    subsample_seed: int | None = Field(
+        None, description="seed of the n_train subsample; null = train.seed"
+    )
     rules: DataRulesConfig = Field(default_factory=DataRulesConfig)
 
     @model_validator(mode="after")
@@ -332,6 +341,76 @@ class TuneConfig(_Section):
         return self
 
 
+# The study's aux-loss variants (see :mod:`mmaux.ablation`): unimodal baselines, fused
+# CE-only, and fused with each auxiliary task. MCSE is ITC + SimCSE.
+VARIANTS = (
+    "text-only",
+    "image-only",
+    "fused-ce",
+    "fused+itc",
+    "fused+itm",
+    "fused+itc+itm",
+    "fused+simcse",
+    "fused+itc+simcse",
+)
+
+
+class StudyConfig(_Section):
+    """A grid of training runs, models x variants x training-set sizes x seeds
+    (``mmaux study``), and how its results are compared."""
+
+    name: str = Field("study", description="the parent MLflow run's name")
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"default": {}},
+        description="model name -> config keys it changes, e.g. {mmbt: {model.family: mmbt}}",
+    )
+    variants: list[str] = Field(
+        default_factory=lambda: ["text-only", "fused-ce", "fused+itc", "fused+itm", "fused+itc+itm"]
+    )
+    baseline: str = Field("fused-ce", description="the variant every other is compared with")
+    sizes: list[int | Literal["all"]] = Field(
+        default_factory=lambda: ["all"],
+        description="training posts per cell (seeded stratified subsamples); all = whole split",
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    out_dir: Path = Field(Path("results/study"), description="the report, plots and tables")
+    cells_dir: Path | None = Field(
+        None,
+        description="the cells' run directories; null = <out_dir>/cells. Studies that share "
+        "it share their common cells (same configuration = same run, trained once)",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level, Holm-corrected")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence of every interval")
+    resamples: int = Field(9999, ge=100, description="bootstrap resamples over seeds")
+    test_resamples: int = Field(1000, ge=100, description="bootstrap resamples of test posts")
+    subgroups: list[str] | None = Field(
+        None, description="manifest meta fields to break results down by; null = automatic"
+    )
+    length_bins: int = Field(3, ge=1, le=10, description="text-length subgroups (quantiles)")
+
+    @model_validator(mode="after")
+    def _grid(self) -> StudyConfig:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"variants: unknown {unknown}; expected some of {list(VARIANTS)}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError("variants: listed twice")
+        if self.baseline not in VARIANTS:
+            raise ValueError(f"baseline: unknown variant {self.baseline!r}")
+        if not self.models:
+            raise ValueError("models: at least one model")
+        bad = [m for m in self.models if not m or "/" in m or m.strip() != m]
+        if bad:
+            raise ValueError(f"models: names must be non-empty, without '/' or spaces: {bad}")
+        for name in ("sizes", "seeds"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name}: need at least one value, none twice")
+        if any(isinstance(n, int) and n < 2 for n in self.sizes):
+            raise ValueError("sizes: a training set needs at least 2 posts")
+        return self
+
+
 class TrackingConfig(_Section):
     """MLflow experiment tracking and the model registry."""
 
@@ -372,6 +451,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    study: StudyConfig = Field(default_factory=StudyConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
@@ -459,17 +539,51 @@ def config_from_dict(
         raise ConfigError(_format_errors(err, source)) from None
 
 
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: sections merge key by key, any other value replaces."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_params(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A params file as a raw dictionary. A file may start from another one with a
+    top-level ``extends: OTHER.yaml`` (relative to the file): its own keys override those of
+    OTHER, section by section (a recipe such as ``params/real-data.yaml``)."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: 'extends' forms a cycle ({chain})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: expected the path of a params file")
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: {parent_path} does not exist")
+    return _deep_merge(read_params(parent_path, (*_seen, path.resolve())), raw)
+
+
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Config:
-    """Load ``params.yaml`` (missing file = all defaults) and apply ``key=value`` overrides."""
+    """Load ``params.yaml`` (missing file = all defaults; ``extends`` followed) and apply
+    ``key=value`` overrides."""
     path = Path(path)
     raw: dict[str, Any] = {}
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raw = read_params(path)
     elif str(path) != "params.yaml":
         raise ConfigError(f"{path}: no such configuration file")
     return config_from_dict(raw, overrides, source=str(path))
@@ -485,6 +599,7 @@ def dump_config(cfg: Config) -> dict[str, Any]:
 RESULT_NEUTRAL_KEYS: frozenset[tuple[str, str]] = frozenset(
     {("train", k) for k in ("progress", "num_workers", "output_dir", "log_every_steps")}
     | {("data", "cache_dir")}
+    | {("study", k) for k in StudyConfig.model_fields}  # how runs are compared, not trained
 )
 
 

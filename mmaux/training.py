@@ -52,7 +52,14 @@ from mmaux.checkpoint import (
     save_weights,
     set_rng_state,
 )
-from mmaux.config import RESULT_NEUTRAL_KEYS, Config, dump_config, without_keys
+from mmaux.config import (
+    RESULT_NEUTRAL_KEYS,
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    without_keys,
+)
 from mmaux.data.manifest import Manifest, write_skip_report
 from mmaux.distributed import any_rank, barrier, broadcast, init_from_env, shard
 from mmaux.evaluation import DIAGNOSTICS, evaluate, evaluate_splits
@@ -527,7 +534,12 @@ class Trainer:
             asm, self.final_splits, self.cfg.eval.batch_size, self.device, self.precision,
             self.run_dir,
         )  # fmt: skip
-        summary = {**st.summary(), "device": str(self.device), "precision": self.precision}
+        summary = {
+            **st.summary(),
+            "n_train_posts": len(asm.datasets["train"]),
+            "device": str(self.device),
+            "precision": self.precision,
+        }
         if self.dist.enabled:
             summary["world_size"] = self.dist.world_size
         summary.update(metrics)
@@ -544,7 +556,10 @@ def finished_run(cfg: Config) -> TrainResult | None:
     files = [run_dir / n for n in ("metrics.json", "model.safetensors", "config.yaml")]
     if not all(f.is_file() for f in files) or find_checkpoint(run_dir / "checkpoint"):
         return None
-    saved = yaml.safe_load(files[2].read_text())
+    try:  # through the schema: keys added since the run take their defaults
+        saved = dump_config(config_from_dict(yaml.safe_load(files[2].read_text()) or {}))
+    except ConfigError:  # a key since removed or renamed: not comparable
+        return None
     if without_keys(saved, RESULT_NEUTRAL_KEYS) != without_keys(
         dump_config(cfg), RESULT_NEUTRAL_KEYS
     ):

@@ -38,7 +38,7 @@ def repo(tmp_path_factory, tiny_text_model):
     from mmaux.data.synth import generate
 
     work = tmp_path_factory.mktemp("dvc-repo")
-    for name in ("flows", "dvc.yaml", ".dvcignore"):
+    for name in ("flows", "dvc.yaml", ".dvcignore", "studies"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -69,7 +69,7 @@ def repo(tmp_path_factory, tiny_text_model):
     _run(["git", "init", "-q"], work, env)
     (work / ".gitignore").write_text(
         "/mmaux/\n/.prefect-home/\nmlflow.db\n/mlartifacts/\n"
-        "/reports/\n/plots/\n/tuning/\n/metrics.json\n"
+        "/reports/\n/plots/\n/tuning/\n/metrics.json\n/results/\n"
     )
     _run([str(DVC), "init", "-q"], work, env)
     _run([str(DVC), "config", "core.analytics", "false"], work, env)
@@ -256,3 +256,24 @@ def test_pointing_data_root_at_an_imported_data_set_reruns_from_validate(repo):
         assert "data/raw" not in json.dumps(status["validate"])
     finally:
         _run(["git", "checkout", "params.yaml"], work, env)
+
+
+def test_the_study_stage_runs_apart_from_the_pipeline(repo):
+    """`dvc repro` never starts a study; `dvc exp run studies/dvc.yaml:study -S ...` runs
+    one, declares its metrics, and a re-run with one more seed trains only that seed."""
+    work, env, _ = repo
+    listed = _run([str(DVC), "stage", "list", "--name-only"], work, env).split()
+    assert "train" in listed and "study" not in listed  # plain `dvc repro` runs these
+    target = "studies/dvc.yaml:study"
+    sets = ["-S", "study.variants=[fused-ce,fused+itc]", "-S", "study.resamples=200",
+            "-S", "study.test_resamples=200", "-S", "train.epochs=1"]  # fmt: skip
+    _run([str(DVC), "exp", "run", target, *sets, "-S", "study.seeds=[0,1]"], work, env)
+    cells = work / "results/study/cells/default"
+    first = {p: p.stat().st_mtime for p in cells.glob("*/n-all/seed-*/metrics.json")}
+    assert len(first) == 4
+    metrics = _json([str(DVC), "metrics", "show", "--json"], work, env)
+    assert "fused+itc" in json.dumps(metrics)
+    _run([str(DVC), "exp", "run", target, *sets, "-S", "study.seeds=[0,1,2]"], work, env)
+    after = {p: p.stat().st_mtime for p in cells.glob("*/n-all/seed-*/metrics.json")}
+    assert len(after) == 6 and all(after[p] == t for p, t in first.items())  # persisted cells
+    assert "× seeds [0, 1, 2]" in (work / "results/study/report.md").read_text()

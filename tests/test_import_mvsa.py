@@ -107,6 +107,7 @@ def test_single_drop_applies_the_conflict_rule_and_reports_everything(single, tm
     assert post["1017"].label == "positive"  # capitalised words are read
     assert (post["1002"].label, post["1003"].label) == ("positive", "negative")
     assert post["1002"].meta["text_label"] == "neutral"
+    assert post["1002"].meta["text_image_agreement"] == "differ"  # a subgroup of the study
     info = read_dataset_info(out)
     assert info["name"] == "mvsa-single"
     assert info["import"]["label_map"] == {"0": "neutral", "1": "positive", "2": "negative"}
@@ -139,6 +140,8 @@ def test_multiple_takes_the_majority_of_three_annotators(tmp_path):
     post = {p.id: p for p in m.posts}
     assert post["2010"].text == "Gar\u00e7on, encore un caf\u00e9 s'il vous pla\u00eet"
     assert post["2001"].meta["annotator_text_labels"] == ["positive", "positive", "neutral"]
+    assert post["2001"].meta["annotator_agreement"].startswith("text 2/3, image ")
+    assert {p.meta["text_image_agreement"] for p in post.values()} <= {"agree", "differ"}
     assert post["2009"].label == "positive"  # text neutral (2 of 3), image positive
     assert post["2011"].label == "neutral"
     assert read_dataset_info(tmp_path / "out")["name"] == "mvsa-multiple"

@@ -162,9 +162,17 @@ def read_label_file(path: Path) -> tuple[list[Candidate], list[dict[str, Any]], 
                 )
             )
             continue
-        meta: dict[str, Any] = {"text_label": text_label, "image_label": image_label}
-        if n_annot > 1:
+        meta: dict[str, Any] = {
+            "text_label": text_label,
+            "image_label": image_label,
+            "text_image_agreement": "agree" if text_label == image_label else "differ",
+        }
+        if n_annot > 1:  # subgroups: how many annotators back the majority of each modality
             meta.update(annotator_text_labels=texts, annotator_image_labels=images)
+            meta["annotator_agreement"] = (
+                f"text {texts.count(text_label)}/{n_annot}, "
+                f"image {images.count(image_label)}/{n_annot}"
+            )
         posts.append(Candidate(post_id, label, path, no, meta))
     return posts, skipped, n_annot, dropped
 
@@ -197,6 +205,7 @@ def read_pairlist(path: Path) -> tuple[list[Candidate], list[dict[str, Any]], in
                 "multimodal_label": int(codes[0]),
                 "text_label": LABEL_MAP[codes[1]],
                 "image_label": LABEL_MAP[codes[2]],
+                "text_image_agreement": "agree" if codes[1] == codes[2] else "differ",
                 "pairlist_row": no - 1,
             }
             posts.append(Candidate(post_id, LABEL_MAP[codes[0]], path, no, meta, row=no - 1))

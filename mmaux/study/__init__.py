@@ -1,0 +1,1 @@
+"""Studies: grids of training runs and the statistics that compare them."""
