@@ -16,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 
 MULTIOFF ?= ../shared/datasets/multioff
 
-.PHONY: install run synth train evaluate ablate benchmark-multioff test test-slow lint mlflow-ui clean
+.PHONY: install run synth train evaluate ablate study benchmark-multioff test test-slow lint mlflow-ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,8 +47,12 @@ evaluate: install
 ablate: install synth
 	mmaux ablate --seeds 0 1 2
 
-benchmark-multioff: install  # the real-data comparison (docs/multioff.md)
-	python benchmarks/multioff.py --src $(MULTIOFF) --out results/multioff
+# The aux-loss study on the embedded default: paired statistics, plots, results/study/report.md
+study: install synth
+	mmaux study --preset aux
+
+benchmark-multioff: install  # the real-data study and recipe (docs/multioff.md)
+	python benchmarks/multioff.py --src $(MULTIOFF) --out results/multioff --workers 2
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

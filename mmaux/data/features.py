@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from mmaux.fsio import atomic_target
 from mmaux.models.encoders import image_tokens_and_pooled
 
 CACHE_VERSION = 1
+
+
+log = logging.getLogger(__name__)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -155,6 +159,12 @@ def cached_image_features(
         tensors = load_file(str(path))
         if tensors["pooled"].shape[0] == len(unique):
             return ImageFeatures(rows, tensors["pooled"], tensors.get("tokens")), True
+    log.info(
+        "image features: encoding %d images once (%s); cached in %s",
+        len(unique),
+        encoder_id.get("name"),
+        path or "memory",
+    )
     pooled, tokens = extract_features(
         model,
         root,
