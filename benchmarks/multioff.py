@@ -9,7 +9,8 @@ Steps, each reused when its output already exists (an interrupted run continues)
    about which modality carries the label?
 3. the aux study of ``params/real-data.yaml`` (CE, +ITC, +ITM, +ITC+ITM, text-only on
    ``--seeds``, default 10) with paired statistics (``study/report.md``);
-4. the low-resource study: text-only, CE and +ITC+ITM at ``--sizes`` training posts and all,
+4. the low-resource study: CE and +ITC+ITM (``--lowres-variants``) at ``--sizes`` training
+   posts and all,
    on ``--lowres-seeds`` (default 5), sharing the cells of step 3 (``low-resource/report.md``).
 
 Writes ``OUT/benchmark.json`` (commands, timings, machine). The data set stays where it is.
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10, help="seeds of the aux study")
     parser.add_argument("--lowres-seeds", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument(
+        "--lowres-variants", nargs="+", default=["fused-ce", "fused+itc+itm"], metavar="VARIANT"
+    )
     parser.add_argument("--track", action="store_true", help="MLflow (tracking.* of --params)")
     parser.add_argument("--workers", type=int, default=2, help="cells trained at a time")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
@@ -152,6 +156,8 @@ def main() -> None:
             "--sizes",
             *map(str, args.sizes),
             "all",
+            "--variants",
+            *args.lowres_variants,
             "--seeds",
             *map(str, range(args.lowres_seeds)),
             "--out",
@@ -175,7 +181,8 @@ def main() -> None:
     payload = {
         "command": "python benchmarks/multioff.py "
         + f"--params {args.params} --seeds {args.seeds} --lowres-seeds {args.lowres_seeds} "
-        + f"--sizes {' '.join(map(str, args.sizes))} --workers {args.workers}"
+        + f"--sizes {' '.join(map(str, args.sizes))} --workers {args.workers} "
+        + f"--lowres-variants {' '.join(args.lowres_variants)}"
         + "".join(f" --set {o}" for o in args.overrides),
         "shift_probe": shift,
         "reports": reports,

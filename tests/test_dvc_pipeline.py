@@ -102,7 +102,9 @@ def _edit_params(work: Path, **sections: dict) -> None:
 
 
 def _stale(work: Path, env) -> set[str]:
-    return {name.split(":")[-1] for name in _json([str(DVC), "status", "--json"], work, env)}
+    """Stale stages of the main pipeline (plain `dvc status` also lists studies/dvc.yaml)."""
+    found = _json([str(DVC), "status", "dvc.yaml", "--json"], work, env)
+    return {name.split(":")[-1] for name in found}
 
 
 def test_changing_an_aux_weight_only_touches_dependent_stages(repo):
