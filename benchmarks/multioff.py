@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params" / "real-data.yaml")
     parser.add_argument("--seeds", type=int, default=10, help="seeds of the aux study")
     parser.add_argument("--lowres-seeds", type=int, default=5)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 100])
     parser.add_argument(
         "--lowres-variants", nargs="+", default=["fused-ce", "fused+itc+itm"], metavar="VARIANT"
     )
