@@ -115,6 +115,10 @@ def main() -> None:
     parser.add_argument("--track", action="store_true", help="MLflow (tracking.* of --params)")
     parser.add_argument("--workers", type=int, default=2, help="cells trained at a time")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument(
+        "--studies", nargs="+", choices=["aux", "low-resource"], default=["aux", "low-resource"],
+        help="which studies to run (finished cells are reused either way)",
+    )
     args = parser.parse_args()
 
     out = args.out.resolve()
@@ -168,6 +172,8 @@ def main() -> None:
     }
     reports = {}
     for name, extra in studies.items():
+        if name not in args.studies:
+            continue
         t0 = time.perf_counter()
         argv = ["study", "--params", str(args.params), *extra]
         argv += [x for o in common for x in ("--set", o)]
@@ -183,6 +189,7 @@ def main() -> None:
         + f"--params {args.params} --seeds {args.seeds} --lowres-seeds {args.lowres_seeds} "
         + f"--sizes {' '.join(map(str, args.sizes))} --workers {args.workers} "
         + f"--lowres-variants {' '.join(args.lowres_variants)}"
+        + f" --studies {' '.join(args.studies)}"
         + "".join(f" --set {o}" for o in args.overrides),
         "shift_probe": shift,
         "reports": reports,
