@@ -33,6 +33,7 @@ from mmaux.study.subgroups import posts_frame, subgroup_gaps
 TEXT_ONLY = "text-only"
 UNIMODAL = ("text-only", "image-only")
 Group = tuple[str, str]  # (model, size)
+Predictions = dict[Path, pd.DataFrame]  # run_dir -> test predictions, read once per analysis
 
 
 def _predictions(run_dir: Path, split: str = "test") -> pd.DataFrame:
@@ -68,7 +69,12 @@ def grouped(results: Sequence[CellResult]) -> dict[Group, dict[str, dict[int, Ce
 
 
 def _variant_row(
-    study: Config, model: str, size: str, variant: str, seeds: dict[int, CellResult]
+    study: Config,
+    preds: Predictions,
+    model: str,
+    size: str,
+    variant: str,
+    seeds: dict[int, CellResult],
 ) -> dict[str, Any]:
     s = study.study
     ordered = [seeds[k] for k in sorted(seeds)]
@@ -76,7 +82,7 @@ def _variant_row(
     val = [r.metrics["val"]["macro_f1"] for r in ordered]
     mean, lo, hi = mean_ci(test, s.confidence)
     labels = _labels(ordered[0].run_dir)
-    encoded = [_encoded(_predictions(r.run_dir), labels) for r in ordered]
+    encoded = [_encoded(preds[Path(r.run_dir)], labels) for r in ordered]
     boot = test_set_bootstrap(
         encoded[0][0],
         [p for _, p in encoded],
@@ -111,6 +117,7 @@ def _variant_row(
 
 def _comparison(
     study: Config,
+    preds: Predictions,
     model: str,
     size: str,
     base: str,
@@ -131,8 +138,8 @@ def _comparison(
     )
     shared = comp.seeds
     labels = _labels(a[shared[0]].run_dir)
-    ea = [_encoded(_predictions(a[k].run_dir), labels) for k in shared]
-    eb = [_encoded(_predictions(b[k].run_dir), labels) for k in shared]
+    ea = [_encoded(preds[Path(a[k].run_dir)], labels) for k in shared]
+    eb = [_encoded(preds[Path(b[k].run_dir)], labels) for k in shared]
     boot = paired_test_bootstrap(
         ea[0][0],
         [p for _, p in ea],
@@ -145,7 +152,10 @@ def _comparison(
 
 
 def _comparisons(
-    study: Config, groups: dict[Group, dict[str, dict[int, CellResult]]], reference: str
+    study: Config,
+    preds: Predictions,
+    groups: dict[Group, dict[str, dict[int, CellResult]]],
+    reference: str,
 ) -> list[dict[str, Any]]:
     """Every fused variant of each (model, size) against ``reference``, Holm-corrected
     together."""
@@ -156,7 +166,7 @@ def _comparisons(
             continue
         pairs += [(group, v) for v in by_variant if v != reference and v not in UNIMODAL]
     found = [
-        (group, v, *_comparison(study, *group, reference, v, groups[group], "test"))
+        (group, v, *_comparison(study, preds, *group, reference, v, groups[group], "test"))
         for group, v in pairs
     ]
     adjust([c for _, _, c, _ in found], alpha=s.alpha)
@@ -205,7 +215,7 @@ def _largest(sizes: Sequence[str]) -> str:
 
 
 def _subgroups(
-    study: Config, groups: dict[Group, dict[str, dict[int, CellResult]]]
+    study: Config, preds: Predictions, groups: dict[Group, dict[str, dict[int, CellResult]]]
 ) -> pd.DataFrame:
     """Subgroup gaps against the baseline at each model's largest training-set size."""
     s = study.study
@@ -217,14 +227,14 @@ def _subgroups(
         by_variant = groups[(model, size)]
         if s.baseline not in by_variant or len(by_variant) < 2:
             continue
-        preds = {
-            (v, seed): _predictions(r.run_dir)
+        per_cell = {
+            (v, seed): preds[Path(r.run_dir)]
             for v, seeds in by_variant.items()
             for seed, r in seeds.items()
         }
         labels = _labels(next(iter(by_variant[s.baseline].values())).run_dir)
         gaps = subgroup_gaps(
-            preds,
+            per_cell,
             posts,
             labels,
             baseline=s.baseline,
@@ -241,19 +251,20 @@ def _subgroups(
 def analyse(study: Config, results: Sequence[CellResult]) -> dict[str, Any]:
     """Everything the report shows, JSON-safe (except ``subgroups``, a DataFrame)."""
     groups = grouped(results)
+    preds: Predictions = {Path(r.run_dir): _predictions(r.run_dir) for r in results}
     order = {v: i for i, v in enumerate(study.study.variants)}
     rows = [
-        _variant_row(study, model, size, variant, seeds)
+        _variant_row(study, preds, model, size, variant, seeds)
         for (model, size), by_variant in groups.items()
         for variant, seeds in sorted(by_variant.items(), key=lambda kv: order.get(kv[0], 99))
     ]
     return {
         "variants": rows,
-        "vs_baseline": _comparisons(study, groups, study.study.baseline),
-        "vs_text_only": _comparisons(study, groups, TEXT_ONLY)
+        "vs_baseline": _comparisons(study, preds, groups, study.study.baseline),
+        "vs_text_only": _comparisons(study, preds, groups, TEXT_ONLY)
         if study.study.baseline != TEXT_ONLY
         else [],
         "curves": _curves(rows),
-        "subgroups": _subgroups(study, groups),
+        "subgroups": _subgroups(study, preds, groups),
         "cells": len(results),
     }
