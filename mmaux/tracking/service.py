@@ -156,9 +156,11 @@ class MlflowService:
         tags: dict[str, str] | None = None,
         nested: bool = False,
         parent_run_id: str | None = None,
+        run_id: str | None = None,
     ) -> Iterator[mlflow.ActiveRun]:
         """An active run owned by this process; ended FINISHED, FAILED if the block raises,
         KILLED on Ctrl-C or SystemExit. A failure to end it is logged, never raised.
+        ``run_id`` reopens an existing run (its tags are updated, its name kept).
 
         Starting a top-level run first closes the runs of dead processes
         (:meth:`close_orphans`)."""
@@ -166,11 +168,12 @@ class MlflowService:
 
         self.start()
         self._end_unended()
-        if not nested and parent_run_id is None:
+        if not nested and parent_run_id is None and run_id is None:
             self.close_orphans()
         active = mlflow.start_run(
-            run_name=name,
-            experiment_id=self.experiment_id,
+            run_id=run_id,
+            run_name=None if run_id else name,
+            experiment_id=None if run_id else self.experiment_id,
             tags={**(tags or {}), OWNER_TAG: json.dumps(current_owner())},
             nested=nested,
             parent_run_id=parent_run_id,

@@ -17,11 +17,10 @@ from typing import Any
 
 from mmaux.config import Config
 from mmaux.fsio import atomic_write_text
-from mmaux.owner import current_owner
 from mmaux.study.grid import Cell
 from mmaux.tracking.callback import MlflowCallback
 from mmaux.tracking.results import log_config, log_result, metric_name
-from mmaux.tracking.service import OWNER_TAG, MlflowService, first_line, run_tags
+from mmaux.tracking.service import MlflowService, first_line, run_tags
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +70,9 @@ class StudyTracker:
         previous = self._saved_parent()
         if previous is not None:
             log.info("MLflow: continuing the study's parent run %s", previous)
-            mlflow.start_run(run_id=previous)
-            mlflow.set_tag(OWNER_TAG, json.dumps(current_owner()))  # this process owns it now
-            status = "FAILED"
-            try:
+            with self.service.run(s.name, tags=tags, run_id=previous):  # this process owns it
                 self.parent_id = previous
                 yield previous
-                status = "FINISHED"
-            except (KeyboardInterrupt, SystemExit):
-                status = "KILLED"
-                raise
-            finally:
-                mlflow.end_run(status)
             return
         with self.service.run(s.name, tags=tags) as run:
             self.parent_id = run.info.run_id
