@@ -41,3 +41,15 @@ def make_cfg(tmp_path, tiny_text_model, synth_root):
         return shrunk_config(tmp_path, root or synth_root, tiny_text_model, *overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def prefect_harness(tmp_path_factory):
+    """Prefect's temporary server and database for one test module, results in a tmp dir."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
+        with prefect_test_harness(server_startup_timeout=180):
+            yield

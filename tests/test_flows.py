@@ -12,17 +12,7 @@ import yaml
 from tests.pipeline_fixtures import tiny_params
 
 prefect = pytest.importorskip("prefect")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness(tmp_path_factory):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    storage = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmaux.config import ConfigError, load_config
+from mmaux.config import Config, ConfigError, dump_config, load_config
 from mmaux.data.manifest import Post
 from mmaux.data.subsample import class_quotas, stratified_subsample
 from mmaux.study.grid import PRESETS, Cell, cell_config, cells, study_overrides
@@ -31,6 +31,12 @@ def _study(make_cfg, tmp_path, *overrides):
         f"study.out_dir={tmp_path / 'study'}",
         *overrides,
     )
+
+
+def _params_file(cfg: Config, path: Path) -> Path:
+    """``cfg`` saved as a params file, for the CLI and subprocesses."""
+    path.write_text(yaml.safe_dump(dump_config(cfg)))
+    return path
 
 
 # ---------------------------------------------------------------- grid
@@ -215,10 +221,7 @@ def test_a_killed_study_keeps_its_finished_cells(make_cfg, tmp_path):
         "study.seeds=[0, 1]",
         "train.epochs=2",
     )
-    params = tmp_path / "study-params.yaml"
-    from mmaux.config import dump_config
-
-    params.write_text(yaml.safe_dump(dump_config(cfg)))
+    params = _params_file(cfg, tmp_path / "study-params.yaml")
     first = cell_config(cfg, cells(cfg)[0]).train.output_dir / "metrics.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmaux", "study", "--params", str(params), "--no-track"],
@@ -257,7 +260,6 @@ def test_cli_study_help_names_variants_and_presets():
 
 def test_cli_study_lists_cells_and_reports_finished_ones(make_cfg, tmp_path, capsys):
     from mmaux.cli import main
-    from mmaux.config import dump_config
 
     cfg = _study(
         make_cfg,
@@ -267,8 +269,7 @@ def test_cli_study_lists_cells_and_reports_finished_ones(make_cfg, tmp_path, cap
         "study.resamples=200",
         "study.test_resamples=200",
     )
-    params = tmp_path / "p.yaml"
-    params.write_text(yaml.safe_dump(dump_config(cfg)))
+    params = _params_file(cfg, tmp_path / "p.yaml")
     assert main(["study", "--params", str(params), "--cell", "default/fused-ce/n-all/seed-0"]) == 0
     assert main(["study", "--params", str(params), "--list"]) == 0
     listed = capsys.readouterr().out
@@ -284,7 +285,6 @@ def test_cli_study_lists_cells_and_reports_finished_ones(make_cfg, tmp_path, cap
 
 def test_cli_study_workers_train_cells_in_parallel_processes(make_cfg, tmp_path, capsys):
     from mmaux.cli import main
-    from mmaux.config import dump_config
 
     cfg = _study(
         make_cfg,
@@ -294,8 +294,7 @@ def test_cli_study_workers_train_cells_in_parallel_processes(make_cfg, tmp_path,
         "study.resamples=200",
         "study.test_resamples=200",
     )
-    params = tmp_path / "p.yaml"
-    params.write_text(yaml.safe_dump(dump_config(cfg)))
+    params = _params_file(cfg, tmp_path / "p.yaml")
     assert main(["study", "--params", str(params), "--workers", "2"]) == 0
     logs = sorted((tmp_path / "study" / "logs").glob("*.log"))
     assert len(logs) == 4  # one process per cell, each with its own log

@@ -11,17 +11,7 @@ import pytest
 from tests.pipeline_fixtures import tiny_params
 
 prefect = pytest.importorskip("prefect")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness(tmp_path_factory):
-    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    storage = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_study_flow_tracks_a_parent_with_one_child_per_cell(
