@@ -16,13 +16,14 @@ export HF_HUB_OFFLINE := 1
 
 MULTIOFF ?= ../shared/datasets/multioff
 
-.PHONY: install run synth train evaluate ablate study benchmark-multioff test test-slow lint mlflow-ui clean
+.PHONY: install run synth train evaluate ablate study benchmark-multioff test test-slow lint mlflow-ui clean \
+	infra-up infra-down infra-status
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,pipeline]"
+	$(PY) -m pip install -q -e ".[dev,pipeline,infra]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -53,6 +54,16 @@ study: install synth
 
 benchmark-multioff: install  # the real-data study and recipe (docs/multioff.md)
 	python benchmarks/multioff.py --src $(MULTIOFF) --out results/multioff --workers 2
+
+# The local stack of infra/ (PostgreSQL, MLflow and Prefect servers, workers) on 127.0.0.1.
+infra-up: install
+	bash infra/local/stack.sh up
+
+infra-down:
+	bash infra/local/stack.sh down
+
+infra-status:
+	bash infra/local/stack.sh status
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
