@@ -3,6 +3,7 @@ process worker, all on loopback, state in one folder; runs and flow runs land in
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import tempfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -206,3 +209,62 @@ def test_a_training_run_tracks_into_the_stacks_mlflow(stack, make_cfg, monkeypat
     ]
     artifacts = stack["home"] / "artifacts"
     assert any(p.name == "metrics.json" for p in artifacts.rglob("*")), "no proxied artifacts"
+
+
+def test_mlflow_basic_auth_refuses_anonymous_requests_and_admits_the_admin(tmp_path):
+    if not _has_postgres():
+        pytest.skip("no PostgreSQL server")
+    home = Path(tempfile.mkdtemp(prefix="mmaux-infra-auth-"))
+    home.chmod(0o755)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "MMAUX_INFRA_HOME": str(home),
+        "MMAUX_PG_PORT": str(_free_port()),
+        "MMAUX_MLFLOW_PORT": str(port),
+        "MMAUX_PREFECT_PORT": str(_free_port()),
+        "MMAUX_WORKERS": "0",
+        "MMAUX_MLFLOW_AUTH": "1",
+    }
+    try:
+        up = subprocess.run(["bash", str(STACK), "up"], env=env, capture_output=True, text=True)
+        assert up.returncode == 0, up.stderr[-4000:]
+        exports = subprocess.run(
+            ["bash", str(STACK), "env"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        creds = dict(
+            line.removeprefix("export ").split("=", 1) for line in exports.strip().splitlines()
+        )
+        assert creds["MLFLOW_TRACKING_USERNAME"] == "admin"
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+        with pytest.raises(urllib.error.HTTPError) as anonymous:
+            urllib.request.urlopen(api, timeout=30)
+        assert anonymous.value.code == 401
+        wrong = urllib.request.Request(
+            api, headers={"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode()}
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(wrong, timeout=30)
+        assert refused.value.code == 401
+
+        script = (
+            "import mlflow\n"
+            "c = mlflow.MlflowClient()\n"
+            "run = c.create_run(c.create_experiment('auth-test'))\n"
+            "c.set_terminated(run.info.run_id)\n"
+            "print(c.get_run(run.info.run_id).info.status)\n"
+        )
+        out = subprocess.run(
+            [str(REPO / ".venv" / "bin" / "python"), "-c", script],
+            env={**env, **creds},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == "FINISHED"
+        assert "MLFLOW_ADMIN_PASSWORD" in (home / "secrets.env").read_text()
+        assert (home / "mlflow-auth.ini").stat().st_mode & 0o077 == 0
+    finally:
+        subprocess.run(["bash", str(STACK), "down"], env=env, capture_output=True, text=True)
+        shutil.rmtree(home, ignore_errors=True)

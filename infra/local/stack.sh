@@ -19,6 +19,7 @@
 #   MMAUX_ARTIFACTS    MLflow artifact destination: a folder or s3://bucket/prefix
 #                      (default: MMAUX_INFRA_HOME/artifacts)
 #   MMAUX_PYTHON_BIN   folder with mlflow and prefect (default: the repository's .venv/bin)
+#   MMAUX_MLFLOW_AUTH  1: MLflow's basic-auth app (user admin, password in secrets.env)
 # The database password is generated on the first `up` into MMAUX_INFRA_HOME/secrets.env
 # (mode 600, never in git); set MMAUX_PG_PASSWORD to choose it instead.
 set -euo pipefail
@@ -39,13 +40,14 @@ WORKERS="${MMAUX_WORKERS:-${STACK_WORKERS:-2}}"
 POOL="${MMAUX_POOL:-${STACK_POOL:-mmaux-process}}"
 ARTIFACTS="${MMAUX_ARTIFACTS:-${STACK_ARTIFACTS:-$HOME_DIR/artifacts}}"
 BIN="${MMAUX_PYTHON_BIN:-${STACK_PYTHON_BIN:-$REPO/.venv/bin}}"
+AUTH="${MMAUX_MLFLOW_AUTH:-${STACK_MLFLOW_AUTH:-0}}"
 
 PG_DATA="$HOME_DIR/postgres/data"
 PG_SOCK="$HOME_DIR/postgres/run"
 LOGS="$HOME_DIR/logs"
 PIDS="$HOME_DIR/pids"
 PG_USER=mmaux
-DATABASES=(mlflow prefect optuna)
+DATABASES=(mlflow mlflow_auth prefect optuna)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
@@ -76,13 +78,22 @@ as_pg() {
   fi
 }
 
+random_hex() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+
 secret() {
   if [[ ! -f "$HOME_DIR/secrets.env" ]]; then
-    local pw="${MMAUX_PG_PASSWORD:-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')}"
+    local pw="${MMAUX_PG_PASSWORD:-$(random_hex)}"
     (umask 077 && printf 'PG_PASSWORD=%s\n' "$pw" >"$HOME_DIR/secrets.env")
   fi
   # shellcheck disable=SC1091
   source "$HOME_DIR/secrets.env"
+  local key
+  for key in MLFLOW_ADMIN_PASSWORD MLFLOW_FLASK_SECRET; do  # missing in older state folders
+    if [[ -z "${!key:-}" ]]; then
+      printf -v "$key" '%s' "$(random_hex)"
+      printf '%s=%s\n' "$key" "${!key}" >>"$HOME_DIR/secrets.env"
+    fi
+  done
 }
 
 url() {  # url DRIVER DB
@@ -162,13 +173,31 @@ postgres_up() {
 mlflow_up() {
   local dest="$ARTIFACTS"
   [[ "$dest" == *://* ]] || { mkdir -p "$dest"; dest="file://$(realpath "$dest")"; }
-  log "starting the MLflow server on http://$BIND:$MLFLOW_PORT (artifacts: $dest)"
-  start_bg mlflow "$BIN/mlflow" server \
+  local app=()
+  if [[ "$AUTH" == 1 ]]; then
+    # MLflow's basic-auth app: users and permissions in Postgres, admin's password from
+    # secrets.env (read by MLflow on its first start only).
+    (umask 077 && cat >"$HOME_DIR/mlflow-auth.ini" <<EOF
+[mlflow]
+default_permission = READ
+database_uri = $(url postgresql+psycopg2 mlflow_auth)
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOF
+    )
+    export MLFLOW_AUTH_CONFIG_PATH="$HOME_DIR/mlflow-auth.ini"
+    export MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_ADMIN_PASSWORD"
+    export MLFLOW_FLASK_SERVER_SECRET_KEY="$MLFLOW_FLASK_SECRET"  # CSRF tokens of the auth UI
+    app=(--app-name basic-auth)
+  fi
+  log "starting the MLflow server on http://$BIND:$MLFLOW_PORT (artifacts: $dest, auth: $AUTH)"
+  start_bg mlflow "$BIN/mlflow" server "${app[@]}" \
     --backend-store-uri "$(url postgresql+psycopg2 mlflow)" \
     --serve-artifacts --artifacts-destination "$dest" \
     --host "$BIND" --port "$MLFLOW_PORT" --workers 1 \
     --allowed-hosts "127.0.0.1:$MLFLOW_PORT,localhost:$MLFLOW_PORT,$BIND:$MLFLOW_PORT"
   wait_for mlflow 180 curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health"
+  unset MLFLOW_AUTH_ADMIN_PASSWORD
 }
 
 prefect_env() {
@@ -190,6 +219,9 @@ prefect_up() {
   fi
   # Flow runs the workers start track to this stack's MLflow server.
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$MLFLOW_PORT"
+  if [[ "$AUTH" == 1 ]]; then
+    export MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD="$MLFLOW_ADMIN_PASSWORD"
+  fi
   local i
   for ((i = 1; i <= WORKERS; i++)); do
     (cd "$REPO" && start_bg "worker-$i" "$BIN/prefect" worker start --pool "$POOL" \
@@ -209,6 +241,7 @@ STACK_WORKERS=$WORKERS
 STACK_POOL=$POOL
 STACK_ARTIFACTS=$ARTIFACTS
 STACK_PYTHON_BIN=$BIN
+STACK_MLFLOW_AUTH=$AUTH
 EOF
   install_postgres
   secret
@@ -254,6 +287,10 @@ export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export PREFECT_API_URL=http://127.0.0.1:$PREFECT_PORT/api
 export MMAUX_POSTGRES_URL=postgresql://${PG_USER}:${PG_PASSWORD}@127.0.0.1:${PG_PORT}
 EOF
+  if [[ "$AUTH" == 1 ]]; then
+    echo "export MLFLOW_TRACKING_USERNAME=admin"
+    echo "export MLFLOW_TRACKING_PASSWORD=$MLFLOW_ADMIN_PASSWORD"
+  fi
 }
 
 cmd_status() {
